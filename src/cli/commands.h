@@ -1,0 +1,60 @@
+// Subcommands of the kvstash CLI: option structs, registration with CLI11, and bodies.
+// Bodies return a process exit code and print errors to stderr; they never throw.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvstash::cli {
+
+std::vector<std::string> normalize_llama_flags(const std::vector<std::string>& args);
+
+struct RunOptions {
+  std::string model;
+  std::string prompt;
+  int32_t n_predict = 128;
+  int n_threads = 0;
+  uint32_t n_ctx = 0;
+  int32_t n_batch = 2048;
+  int32_t n_ubatch = 512;
+  std::string cache_type_k = "f16";
+  std::string cache_type_v = "f16";
+  float temperature = 0.8f;
+  int32_t top_k = 40;
+  float top_p = 0.95f;
+  float min_p = 0.05f;
+  float repeat_penalty = 1.0f;
+  int32_t repeat_last_n = 64;
+  uint64_t seed = 0xFFFFFFFFull;
+  bool ignore_eos = false;
+  bool no_display_prompt = false;
+  std::string token_ids_out;  // write prompt and generated token ids as JSON here
+};
+void add_run_command(CLI::App& app, RunOptions& o);
+int run_command(const RunOptions& o);
+
+struct GgufOptions {
+  std::string file;
+  bool all_values = false;
+};
+void add_gguf_command(CLI::App& app, GgufOptions& o);
+int gguf_command(const GgufOptions& o);
+
+struct MkmodelOptions {
+  std::string preset = "tiny-llama";
+  std::string arch = "llama";
+  std::string type = "f32";
+  std::string vocab;
+  std::string out;
+  uint64_t seed = 1;
+  uint32_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0, n_ctx_train = 0, n_rot = 0;
+  bool tied = false;
+  bool list = false;
+};
+void add_mkmodel_command(CLI::App& app, MkmodelOptions& o);
+int mkmodel_command(const MkmodelOptions& o);
+
+}  // namespace kvstash::cli

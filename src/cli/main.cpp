@@ -1,0 +1,35 @@
+// kvstash command-line entry: dispatches subcommands. The only place that calls exit codes.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+
+int main(int argc, char** argv) {
+  // llama.cpp spells some long options with one dash (-ctk, -ub, -np); CLI11 wants two.
+  std::vector<std::string> args(argv, argv + argc);
+  args = kvstash::cli::normalize_llama_flags(args);
+  std::vector<char*> av;
+  for (auto& a : args) av.push_back(a.data());
+
+  CLI::App app{"kvstash: a CPU LLM inference engine with a persistent, portable KV cache"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("kvstash ") + KVSTASH_VERSION + " (" + KVSTASH_COMMIT + ")");
+  kvstash::cli::RunOptions run;
+  kvstash::cli::GgufOptions gguf;
+  kvstash::cli::MkmodelOptions mk;
+  kvstash::cli::add_run_command(app, run);
+  kvstash::cli::add_gguf_command(app, gguf);
+  kvstash::cli::add_mkmodel_command(app, mk);
+  try {
+    app.parse(static_cast<int>(av.size()), av.data());
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (app.got_subcommand("run")) return kvstash::cli::run_command(run);
+  if (app.got_subcommand("gguf")) return kvstash::cli::gguf_command(gguf);
+  if (app.got_subcommand("mkmodel")) return kvstash::cli::mkmodel_command(mk);
+  return 2;
+}

@@ -1,0 +1,239 @@
+// AVX2/FMA/F16C kernels. Compiled with -mavx2 -mfma -mf16c; used only when the CPU has them.
+// Every output element is one accumulator (8 float lanes) fed blocks in order, then reduced by
+// hsum() in a fixed pattern: tiling (R rows x T tokens) never changes a result (batch invariance).
+#include "core/kernels.h"
+
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace kvstash {
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float h2f(fp16_t h) { return _cvtsh_ss(h); }
+
+inline __m256 mul_sum_i8(__m256i x, __m256i y) {
+  const __m256i ax = _mm256_sign_epi8(x, x);
+  const __m256i sy = _mm256_sign_epi8(y, x);
+  const __m256i dot16 = _mm256_maddubs_epi16(ax, sy);
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(dot16, _mm256_set1_epi16(1)));
+}
+
+inline __m256i q4_unpack(const uint8_t* qs) {
+  const __m128i tmp = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m256i bytes = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
+  return _mm256_sub_epi8(_mm256_and_si256(bytes, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
+}
+
+// ---- quantized tiles: R weight rows x T activation rows ----
+template <bool kQ4, int R, int T>
+void tile_quant(const uint8_t* w, size_t wrb, const uint8_t* x, size_t xrb, int64_t nb, float* y, int64_t ldy) {
+  __m256 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i xv[T];
+    float dx[T];
+    for (int t = 0; t < T; ++t) {
+      const auto* xb = reinterpret_cast<const BlockQ8_0*>(x + t * xrb) + b;
+      xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->qs));
+      dx[t] = h2f(xb->d);
+    }
+    for (int r = 0; r < R; ++r) {
+      __m256i wv;
+      float dw;
+      if constexpr (kQ4) {
+        const auto* wb = reinterpret_cast<const BlockQ4_0*>(w + r * wrb) + b;
+        wv = q4_unpack(wb->qs);
+        dw = h2f(wb->d);
+      } else {
+        const auto* wb = reinterpret_cast<const BlockQ8_0*>(w + r * wrb) + b;
+        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb->qs));
+        dw = h2f(wb->d);
+      }
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[t]), mul_sum_i8(wv, xv[t]), acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[r][t]);
+}
+
+// ---- float tiles (F32, F16, BF16 weights; F32 activations) ----
+template <DType W>
+inline __m256 load8(const void* row, int64_t i) {
+  if constexpr (W == DType::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(row) + i);
+  } else if constexpr (W == DType::F16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const fp16_t*>(row) + i)));
+  } else {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const bf16_t*>(row) + i)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  }
+}
+
+template <DType W>
+inline float load1(const void* row, int64_t i) {
+  if constexpr (W == DType::F32) return static_cast<const float*>(row)[i];
+  else if constexpr (W == DType::F16) return h2f(static_cast<const fp16_t*>(row)[i]);
+  else return bf16_to_fp32(static_cast<const bf16_t*>(row)[i]);
+}
+
+template <DType W, int R, int T>
+void tile_float(const uint8_t* w, size_t wrb, const uint8_t* x, size_t xrb, int64_t n, float* y, int64_t ldy) {
+  __m256 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  const int64_t n8 = n & ~int64_t(7);
+  for (int64_t i = 0; i < n8; i += 8) {
+    __m256 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(reinterpret_cast<const float*>(x + t * xrb) + i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = load8<W>(w + r * wrb, i);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      float s = hsum(acc[r][t]);
+      const float* xt = reinterpret_cast<const float*>(x + t * xrb);
+      for (int64_t i = n8; i < n; ++i) s += load1<W>(w + r * wrb, i) * xt[i];
+      y[t * ldy + r] = s;
+    }
+}
+
+// ---- driver: cache-blocked loops over row blocks, token tiles, row tiles ----
+constexpr int kTileR = 4;
+constexpr int kTileT = 2;
+constexpr int64_t kRowBlock = 64;
+
+template <int R, int T, typename Kind>
+void call_tile(const MatRef& w, int64_t r, const uint8_t* x, size_t xrb, int64_t t, float* y, int64_t ldy) {
+  const uint8_t* wr = w.data + r * w.row_bytes;
+  const uint8_t* xt = x + t * xrb;
+  float* yo = y + t * ldy + r;
+  if constexpr (Kind::kQuant) {
+    tile_quant<Kind::kQ4, R, T>(wr, w.row_bytes, xt, xrb, w.n_cols / 32, yo, ldy);
+  } else {
+    tile_float<Kind::kW, R, T>(wr, w.row_bytes, xt, xrb, w.n_cols, yo, ldy);
+  }
+}
+
+template <int R, typename Kind>
+void tile_row_group(const MatRef& w, int64_t r, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy) {
+  int64_t t = 0;
+  for (; t + kTileT <= n_tok; t += kTileT) call_tile<R, kTileT, Kind>(w, r, x, xrb, t, y, ldy);
+  for (; t < n_tok; ++t) call_tile<R, 1, Kind>(w, r, x, xrb, t, y, ldy);
+}
+
+template <typename Kind>
+void gemm(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = std::min(r1, rb + kRowBlock);
+    int64_t r = rb;
+    for (; r + kTileR <= re; r += kTileR) tile_row_group<kTileR, Kind>(w, r, x, xrb, n_tok, y, ldy);
+    for (; r < re; ++r) tile_row_group<1, Kind>(w, r, x, xrb, n_tok, y, ldy);
+  }
+}
+
+struct KindQ8 { static constexpr bool kQuant = true, kQ4 = false; static constexpr DType kW = DType::Q8_0; };
+struct KindQ4 { static constexpr bool kQuant = true, kQ4 = true; static constexpr DType kW = DType::Q4_0; };
+template <DType D>
+struct KindF { static constexpr bool kQuant = false, kQ4 = false; static constexpr DType kW = D; };
+
+void quantize_q8_0(const float* x, void* yv, int64_t n) {
+  auto* y = static_cast<BlockQ8_0*>(yv);
+  const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+  for (int64_t i = 0; i < n / kQK8_0; ++i) {
+    const float* xb = x + i * kQK8_0;
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_loadu_ps(xb + 8 * j);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, v[j]));
+    }
+    __m128 m = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float maxv = _mm_cvtss_f32(m);
+    const float d = maxv / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[i].d = fp32_to_fp16(d);
+    const __m256 mul = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int j = 0; j < 4; ++j)
+      q[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    // pack 4 x 8 int32 -> 32 int8 in order
+    __m256i p01 = _mm256_packs_epi32(q[0], q[1]);
+    __m256i p23 = _mm256_packs_epi32(q[2], q[3]);
+    __m256i p = _mm256_packs_epi16(p01, p23);
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[i].qs), p);
+  }
+}
+
+float dot_row(DType t, const void* row, const float* x, int64_t n) {
+  float out;
+  const auto* xb = reinterpret_cast<const uint8_t*>(x);
+  const auto* wb = static_cast<const uint8_t*>(row);
+  if (t == DType::F16) tile_float<DType::F16, 1, 1>(wb, 0, xb, 0, n, &out, 0);
+  else if (t == DType::BF16) tile_float<DType::BF16, 1, 1>(wb, 0, xb, 0, n, &out, 0);
+  else tile_float<DType::F32, 1, 1>(wb, 0, xb, 0, n, &out, 0);
+  return out;
+}
+
+void axpy_row(DType t, const void* row, float a, float* y, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  const int64_t n8 = n & ~int64_t(7);
+  int64_t i = 0;
+  if (t == DType::F16) {
+    for (; i < n8; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8<DType::F16>(row, i), _mm256_loadu_ps(y + i)));
+    for (; i < n; ++i) y[i] += a * load1<DType::F16>(row, i);
+  } else if (t == DType::BF16) {
+    for (; i < n8; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8<DType::BF16>(row, i), _mm256_loadu_ps(y + i)));
+    for (; i < n; ++i) y[i] += a * load1<DType::BF16>(row, i);
+  } else {
+    for (; i < n8; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8<DType::F32>(row, i), _mm256_loadu_ps(y + i)));
+    for (; i < n; ++i) y[i] += a * load1<DType::F32>(row, i);
+  }
+}
+
+void store_row(DType t, const float* x, void* row, int64_t n) {
+  if (t == DType::F16) {
+    auto* o = static_cast<fp16_t*>(row);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; ++i) o[i] = fp32_to_fp16(x[i]);
+    return;
+  }
+  quantize_row_ref(t, x, row, n);
+}
+
+const KernelSet kAvx2 = {
+    "avx2", gemm<KindF<DType::F32>>, gemm<KindF<DType::F16>>, gemm<KindF<DType::BF16>>, gemm<KindQ8>, gemm<KindQ4>,
+    quantize_q8_0, dot_row, axpy_row, store_row,
+};
+
+}  // namespace
+
+const KernelSet* avx2_kernels() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return ok ? &kAvx2 : nullptr;
+}
+
+}  // namespace kvstash
+
+#else
+namespace kvstash {
+const KernelSet* avx2_kernels() { return nullptr; }
+}  // namespace kvstash
+#endif

@@ -1,0 +1,109 @@
+// Portable scalar reference kernels. Simple on purpose: they define the expected results
+// that the SIMD kernels are tested against.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+#include "core/kernels.h"
+
+namespace kvstash {
+namespace {
+
+float load_elem(DType t, const void* row, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(row)[i];
+    case DType::F16: return fp16_to_fp32(static_cast<const fp16_t*>(row)[i]);
+    case DType::BF16: return bf16_to_fp32(static_cast<const bf16_t*>(row)[i]);
+    default: return 0.0f;
+  }
+}
+
+template <DType T>
+void gemm_float(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const float* xt = reinterpret_cast<const float*>(x + t * xrb);
+    for (int64_t r = r0; r < r1; ++r) {
+      const void* wr = w.data + r * w.row_bytes;
+      float acc = 0.0f;
+      for (int64_t i = 0; i < w.n_cols; ++i) acc += load_elem(T, wr, i) * xt[i];
+      y[t * ldy + r] = acc;
+    }
+  }
+}
+
+void gemm_q8_0(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t nb = w.n_cols / kQK8_0;
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const auto* xb = reinterpret_cast<const BlockQ8_0*>(x + t * xrb);
+    for (int64_t r = r0; r < r1; ++r) {
+      const auto* wb = reinterpret_cast<const BlockQ8_0*>(w.data + r * w.row_bytes);
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t s = 0;
+        for (int j = 0; j < kQK8_0; ++j) s += static_cast<int32_t>(wb[b].qs[j]) * xb[b].qs[j];
+        acc += static_cast<float>(s) * (fp16_to_fp32(wb[b].d) * fp16_to_fp32(xb[b].d));
+      }
+      y[t * ldy + r] = acc;
+    }
+  }
+}
+
+void gemm_q4_0(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t nb = w.n_cols / kQK4_0;
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const auto* xb = reinterpret_cast<const BlockQ8_0*>(x + t * xrb);
+    for (int64_t r = r0; r < r1; ++r) {
+      const auto* wb = reinterpret_cast<const BlockQ4_0*>(w.data + r * w.row_bytes);
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t s = 0;
+        for (int j = 0; j < kQK4_0 / 2; ++j) {
+          s += ((wb[b].qs[j] & 0x0f) - 8) * static_cast<int32_t>(xb[b].qs[j]);
+          s += ((wb[b].qs[j] >> 4) - 8) * static_cast<int32_t>(xb[b].qs[j + kQK4_0 / 2]);
+        }
+        acc += static_cast<float>(s) * (fp16_to_fp32(wb[b].d) * fp16_to_fp32(xb[b].d));
+      }
+      y[t * ldy + r] = acc;
+    }
+  }
+}
+
+void quantize_q8_0(const float* x, void* y, int64_t n) { quantize_row_ref(DType::Q8_0, x, y, n); }
+
+float dot_row(DType t, const void* row, const float* x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += load_elem(t, row, i) * x[i];
+  return acc;
+}
+
+void axpy_row(DType t, const void* row, float a, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * load_elem(t, row, i);
+}
+
+void store_row(DType t, const float* x, void* row, int64_t n) { quantize_row_ref(t, x, row, n); }
+
+const KernelSet kScalar = {
+    "scalar", gemm_float<DType::F32>, gemm_float<DType::F16>, gemm_float<DType::BF16>, gemm_q8_0, gemm_q4_0,
+    quantize_q8_0, dot_row, axpy_row, store_row,
+};
+
+}  // namespace
+
+DType act_type_for(DType weight) {
+  return (weight == DType::Q8_0 || weight == DType::Q4_0) ? DType::Q8_0 : DType::F32;
+}
+
+const KernelSet& scalar_kernels() { return kScalar; }
+
+const KernelSet& active_kernels() {
+  static const KernelSet* chosen = [] {
+    const char* e = std::getenv("KVSTASH_KERNELS");
+    if (e && std::string_view(e) == "scalar") return &kScalar;
+    const KernelSet* a = avx2_kernels();
+    return a ? a : &kScalar;
+  }();
+  return *chosen;
+}
+
+}  // namespace kvstash

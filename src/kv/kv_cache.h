@@ -1,0 +1,72 @@
+// KvCache: n_cells cells shared by up to kMaxSeqs sequences, with storage laid out by a KvLayout.
+// Owns: the cache memory and the cell bookkeeping (position and sequence set per cell).
+// Never computes a row size itself: all geometry comes from the KvLayout.
+// Not thread-safe: the engine serialises access (kernels may read rows concurrently).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/status.h"
+#include "kv/kv_layout.h"
+
+namespace kvstash {
+
+using SeqId = int32_t;
+
+class KvCache {
+ public:
+  static constexpr int kMaxSeqs = 64;
+
+  explicit KvCache(KvLayout layout);
+
+  const KvLayout& layout() const { return layout_; }
+  uint32_t n_cells() const { return layout_.n_cells(); }
+
+  // Row of `cell` in stream `si` (index into layout().layer(il).streams) of layer il.
+  uint8_t* row(uint32_t il, uint32_t si, uint32_t cell) {
+    return data_[il][si].get() + static_cast<size_t>(cell) * layout_.layer(il).streams[si].row_bytes;
+  }
+  const uint8_t* row(uint32_t il, uint32_t si, uint32_t cell) const {
+    return data_[il][si].get() + static_cast<size_t>(cell) * layout_.layer(il).streams[si].row_bytes;
+  }
+
+  // ---- cells ----
+  bool cell_empty(uint32_t c) const { return seqs_[c] == 0; }
+  int32_t cell_pos(uint32_t c) const { return pos_[c]; }
+  bool cell_has_seq(uint32_t c, SeqId s) const { return (seqs_[c] >> s) & 1u; }
+  uint64_t cell_seqs(uint32_t c) const { return seqs_[c]; }
+  // Sets cell c to hold (pos, seq); the cell must be empty.
+  void cell_assign(uint32_t c, int32_t pos, SeqId seq);
+  // Finds n empty cells, lowest index first (not necessarily contiguous), into out[0..n).
+  Status find_free(uint32_t n, uint32_t* out) const;
+  // The cell holding (seq, pos), or -1.
+  int64_t find_cell(SeqId seq, int32_t pos) const;
+
+  // ---- sequences (seq < 0 means every sequence; p0 < 0 means 0; p1 < 0 means +inf) ----
+  void seq_rm(SeqId seq, int32_t p0, int32_t p1);
+  void seq_cp(SeqId src, SeqId dst, int32_t p0, int32_t p1);  // shares cells, copies no data
+  void seq_keep(SeqId seq);
+  void clear();
+
+  // ---- statistics ----
+  uint32_t n_used() const { return n_used_; }
+  uint32_t seq_n_cells(SeqId seq) const;
+  int32_t seq_pos_max(SeqId seq) const;  // -1 if empty
+  // Cells of seq sorted by position (the order attention reads them in).
+  void seq_cells_sorted(SeqId seq, std::vector<uint32_t>* cells) const;
+
+ private:
+  void drop_seq_from_cell(uint32_t c, SeqId seq);
+
+  KvLayout layout_;
+  std::vector<std::vector<std::unique_ptr<uint8_t[]>>> data_;  // [layer][stream] -> n_cells * row_bytes
+  std::vector<int32_t> pos_;
+  std::vector<uint64_t> seqs_;
+  uint32_t n_used_ = 0;
+};
+
+inline bool valid_seq_id(SeqId s) { return s >= 0 && s < KvCache::kMaxSeqs; }
+
+}  // namespace kvstash

@@ -1,0 +1,299 @@
+// Architecture `llama`: loading, cache geometry and the forward pass.
+// Shapes are [n_tokens, features] with features contiguous (docs/design.md).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/matmul.h"
+#include "model/forward.h"
+#include "model/model.h"
+
+namespace kvstash {
+namespace {
+
+Result<MatRef> get_mat(const GgufFile& f, const std::string& name, uint64_t n_cols, uint64_t n_rows) {
+  const GgufTensorInfo* t = f.find_tensor(name);
+  if (!t) return not_found("model: missing tensor '" + name + "'");
+  if (t->n_dims != 2 || t->ne[0] != n_cols || t->ne[1] != n_rows)
+    return invalid_argument("model: tensor '" + name + "' has shape [" + std::to_string(t->ne[0]) + ", " + std::to_string(t->ne[1]) +
+                            (t->n_dims > 2 ? ", ..." : "") + "], expected [" + std::to_string(n_cols) + ", " + std::to_string(n_rows) + "]");
+  MatRef m;
+  m.type = t->type;
+  m.data = t->data;
+  m.n_rows = static_cast<int64_t>(n_rows);
+  m.n_cols = static_cast<int64_t>(n_cols);
+  m.row_bytes = t->row_bytes();
+  return m;
+}
+
+Result<const float*> get_vec(const GgufFile& f, const std::string& name, uint64_t n) {
+  const GgufTensorInfo* t = f.find_tensor(name);
+  if (!t) return not_found("model: missing tensor '" + name + "'");
+  if (t->n_dims != 1 || t->ne[0] != n)
+    return invalid_argument("model: tensor '" + name + "' has " + std::to_string(t->n_elems()) + " elements in " +
+                            std::to_string(t->n_dims) + " dims, expected a vector of " + std::to_string(n));
+  if (t->type != DType::F32) return unsupported("model: tensor '" + name + "' is " + dtype_name(t->type) + ", expected f32");
+  if (reinterpret_cast<uintptr_t>(t->data) % alignof(float) != 0) return corruption("model: tensor '" + name + "' is misaligned");
+  return reinterpret_cast<const float*>(t->data);
+}
+
+Result<uint32_t> get_u32(const GgufFile& f, const std::string& key, uint32_t lo, uint32_t hi) {
+  KV_ASSIGN_OR_RETURN(uint64_t v, f.get_u64(key));
+  if (v < lo || v > hi)
+    return invalid_argument("model: key '" + key + "' is " + std::to_string(v) + ", expected " + std::to_string(lo) + ".." + std::to_string(hi));
+  return static_cast<uint32_t>(v);
+}
+
+}  // namespace
+
+Status Model::load_llama() {
+  const GgufFile& f = *file_;
+  const std::string a = "llama.";
+  KV_ASSIGN_OR_RETURN(hp_.n_embd, get_u32(f, a + "embedding_length", 1, 1u << 20));
+  KV_ASSIGN_OR_RETURN(hp_.n_layer, get_u32(f, a + "block_count", 1, 4096));
+  KV_ASSIGN_OR_RETURN(hp_.n_head, get_u32(f, a + "attention.head_count", 1, 4096));
+  hp_.n_head_kv = hp_.n_head;
+  if (f.find(a + "attention.head_count_kv")) {
+    KV_ASSIGN_OR_RETURN(hp_.n_head_kv, get_u32(f, a + "attention.head_count_kv", 1, hp_.n_head));
+  }
+  if (hp_.n_head % hp_.n_head_kv != 0)
+    return invalid_argument("model: head_count " + std::to_string(hp_.n_head) + " is not a multiple of head_count_kv " + std::to_string(hp_.n_head_kv));
+  KV_ASSIGN_OR_RETURN(hp_.n_ff, get_u32(f, a + "feed_forward_length", 1, 1u << 24));
+  hp_.head_dim = hp_.n_embd / hp_.n_head;
+  if (f.find(a + "attention.key_length")) {
+    KV_ASSIGN_OR_RETURN(hp_.head_dim, get_u32(f, a + "attention.key_length", 1, 1u << 16));
+  }
+  if (hp_.head_dim == 0 || hp_.head_dim % 2 != 0) return invalid_argument("model: head dimension " + std::to_string(hp_.head_dim) + " must be even and > 0");
+  hp_.n_rot = hp_.head_dim;
+  if (f.find(a + "rope.dimension_count")) {
+    KV_ASSIGN_OR_RETURN(hp_.n_rot, get_u32(f, a + "rope.dimension_count", 2, hp_.head_dim));
+  }
+  if (hp_.n_rot % 2 != 0) return invalid_argument("model: key 'llama.rope.dimension_count' must be even");
+  hp_.n_ctx_train = 2048;
+  if (f.find(a + "context_length")) {
+    KV_ASSIGN_OR_RETURN(hp_.n_ctx_train, get_u32(f, a + "context_length", 1, 1u << 30));
+  }
+  if (f.find(a + "rope.freq_base")) {
+    KV_ASSIGN_OR_RETURN(double fb, f.get_f64(a + "rope.freq_base"));
+    if (!(fb > 0.0)) return invalid_argument("model: key 'llama.rope.freq_base' must be > 0");
+    hp_.rope_freq_base = static_cast<float>(fb);
+  }
+  if (f.find(a + "attention.layer_norm_rms_epsilon")) {
+    KV_ASSIGN_OR_RETURN(double eps, f.get_f64(a + "attention.layer_norm_rms_epsilon"));
+    if (!(eps > 0.0 && eps < 1.0)) return invalid_argument("model: key 'llama.attention.layer_norm_rms_epsilon' out of range");
+    hp_.rms_eps = static_cast<float>(eps);
+  }
+  hp_.n_vocab = static_cast<uint32_t>(vocab_->n_tokens());
+
+  const uint32_t n_q = hp_.n_head * hp_.head_dim, n_kv = hp_.n_head_kv * hp_.head_dim;
+  KV_ASSIGN_OR_RETURN(tok_embd_, get_mat(f, "token_embd.weight", hp_.n_embd, hp_.n_vocab));
+  KV_ASSIGN_OR_RETURN(output_norm_, get_vec(f, "output_norm.weight", hp_.n_embd));
+  if (f.find_tensor("output.weight")) {
+    KV_ASSIGN_OR_RETURN(output_, get_mat(f, "output.weight", hp_.n_embd, hp_.n_vocab));
+  } else {
+    output_ = tok_embd_;  // tied embeddings
+  }
+  layers_.resize(hp_.n_layer);
+  for (uint32_t il = 0; il < hp_.n_layer; ++il) {
+    const std::string p = "blk." + std::to_string(il) + ".";
+    LlamaLayer& L = layers_[il];
+    KV_ASSIGN_OR_RETURN(L.attn_norm, get_vec(f, p + "attn_norm.weight", hp_.n_embd));
+    KV_ASSIGN_OR_RETURN(L.ffn_norm, get_vec(f, p + "ffn_norm.weight", hp_.n_embd));
+    KV_ASSIGN_OR_RETURN(L.wq, get_mat(f, p + "attn_q.weight", hp_.n_embd, n_q));
+    KV_ASSIGN_OR_RETURN(L.wk, get_mat(f, p + "attn_k.weight", hp_.n_embd, n_kv));
+    KV_ASSIGN_OR_RETURN(L.wv, get_mat(f, p + "attn_v.weight", hp_.n_embd, n_kv));
+    KV_ASSIGN_OR_RETURN(L.wo, get_mat(f, p + "attn_output.weight", n_q, hp_.n_embd));
+    KV_ASSIGN_OR_RETURN(L.w_gate, get_mat(f, p + "ffn_gate.weight", hp_.n_embd, hp_.n_ff));
+    KV_ASSIGN_OR_RETURN(L.w_up, get_mat(f, p + "ffn_up.weight", hp_.n_embd, hp_.n_ff));
+    KV_ASSIGN_OR_RETURN(L.w_down, get_mat(f, p + "ffn_down.weight", hp_.n_ff, hp_.n_embd));
+    if (act_type_for(L.wq.type) != act_type_for(L.wk.type) || act_type_for(L.wq.type) != act_type_for(L.wv.type))
+      return unsupported("model: layer " + std::to_string(il) + ": attn_q/attn_k/attn_v types must share an activation format");
+    if (act_type_for(L.w_gate.type) != act_type_for(L.w_up.type))
+      return unsupported("model: layer " + std::to_string(il) + ": ffn_gate/ffn_up types must share an activation format");
+  }
+  return Status::ok();
+}
+
+Result<KvLayout> Model::kv_layout(uint32_t n_cells, DType type_k, DType type_v) const {
+  for (DType t : {type_k, type_v})
+    if (t != DType::F32 && t != DType::F16 && t != DType::BF16)
+      return unsupported(std::string("kv: cache type ") + dtype_name(t) + " is not supported by the llama attention path yet (f32, f16, bf16)");
+  std::vector<std::vector<KvLayout::StreamRequest>> layers(hp_.n_layer);
+  for (auto& l : layers) {
+    l.push_back({KvStream::K, type_k, hp_.n_head_kv * hp_.head_dim, hp_.n_head_kv});
+    l.push_back({KvStream::V, type_v, hp_.n_head_kv * hp_.head_dim, hp_.n_head_kv});
+  }
+  KvLayout out;
+  std::string err = KvLayout::make(n_cells, layers, &out);
+  if (!err.empty()) return invalid_argument("kv: " + err);
+  return out;
+}
+
+// ------------------------------------------------------------------ forward pass
+
+namespace {
+
+// y = x / rms(x) * w; the sum of squares in double, as ggml does.
+void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i] * x[i]);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(sum / n) + eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = (x[i] * scale) * w[i];
+}
+
+// cos/sin of each rotated pair for position pos: cs[2i], cs[2i+1]; theta_i = pos * base^(-2i/n_rot),
+// built by repeated multiplication like ggml so results track the reference implementation.
+void rope_table(int32_t pos, int32_t n_rot, float base, float* cs) {
+  const float theta_scale = std::pow(base, -2.0f / static_cast<float>(n_rot));
+  float theta = static_cast<float>(pos);
+  for (int32_t i = 0; i < n_rot / 2; ++i) {
+    cs[2 * i] = std::cos(theta);
+    cs[2 * i + 1] = std::sin(theta);
+    theta *= theta_scale;
+  }
+}
+
+// Normal (non-NeoX) RoPE: rotates adjacent pairs (x[2i], x[2i+1]) of the first n_rot dims of each head.
+void rope_apply(float* x, int32_t n_heads, int32_t head_dim, int32_t n_rot, const float* cs) {
+  for (int32_t h = 0; h < n_heads; ++h) {
+    float* xh = x + h * head_dim;
+    for (int32_t i = 0; i < n_rot / 2; ++i) {
+      const float c = cs[2 * i], s = cs[2 * i + 1];
+      const float x0 = xh[2 * i], x1 = xh[2 * i + 1];
+      xh[2 * i] = x0 * c - x1 * s;
+      xh[2 * i + 1] = x0 * s + x1 * c;
+    }
+  }
+}
+
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+}  // namespace
+
+void forward_scratch_init(const Model& model, int32_t n_ub, uint32_t n_cells, int n_threads, ForwardScratch* s) {
+  const Hparams& hp = model.hparams();
+  const size_t n_q = size_t(hp.n_head) * hp.head_dim, n_kv = size_t(hp.n_head_kv) * hp.head_dim;
+  s->n_ub = n_ub;
+  s->x.assign(size_t(n_ub) * hp.n_embd, 0.0f);
+  s->xn.assign(size_t(n_ub) * hp.n_embd, 0.0f);
+  s->out.assign(size_t(n_ub) * std::max<size_t>(hp.n_embd, n_q), 0.0f);
+  s->q.assign(size_t(n_ub) * n_q, 0.0f);
+  s->k.assign(size_t(n_ub) * n_kv, 0.0f);
+  s->v.assign(size_t(n_ub) * n_kv, 0.0f);
+  s->attn.assign(size_t(n_ub) * n_q, 0.0f);
+  s->ff_a.assign(size_t(n_ub) * hp.n_ff, 0.0f);
+  s->ff_b.assign(size_t(n_ub) * hp.n_ff, 0.0f);
+  const size_t max_cols = std::max<size_t>({hp.n_embd, n_q, hp.n_ff});
+  const size_t max_cols_q8 = (max_cols + kQK8_0 - 1) / kQK8_0 * kQK8_0;
+  s->acts.assign(size_t(n_ub) * dtype_row_bytes(DType::Q8_0, max_cols_q8), 0);
+  s->rope_cs.assign(size_t(n_ub) * hp.n_rot, 0.0f);
+  s->scores.assign(size_t(std::max(1, n_threads)) * n_cells, 0.0f);
+  s->seq_cells.resize(KvCache::kMaxSeqs);
+  s->seq_pos.resize(KvCache::kMaxSeqs);
+  for (auto& v : s->seq_cells) v.reserve(n_cells);
+  for (auto& v : s->seq_pos) v.reserve(n_cells);
+  s->out_rows.reserve(n_ub);
+}
+
+void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelSet& k, ForwardScratch& s,
+             const UBatch& ub, float* logits) {
+  const Hparams& hp = model.hparams();
+  const int32_t n = ub.n;
+  const int32_t n_embd = hp.n_embd, hd = hp.head_dim, n_head = hp.n_head, n_head_kv = hp.n_head_kv;
+  const int32_t n_q = n_head * hd, n_kv = n_head_kv * hd, n_ff = hp.n_ff;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+  // Embeddings.
+  const MatRef& emb = model.tok_embd();
+  for (int32_t i = 0; i < n; ++i)
+    dequantize_row_ref(emb.type, emb.data + size_t(ub.tokens[i]) * emb.row_bytes, s.x.data() + size_t(i) * n_embd, n_embd);
+  for (int32_t i = 0; i < n; ++i) rope_table(ub.pos[i], hp.n_rot, hp.rope_freq_base, s.rope_cs.data() + size_t(i) * hp.n_rot);
+
+  // Cells visible to each sequence of this micro-batch, sorted by position (the engine has
+  // already assigned this batch's cells). Attention always reads them in position order, so a
+  // token's result does not depend on where its sequence's cells sit in the cache.
+  uint64_t seq_mask = 0;
+  for (int32_t i = 0; i < n; ++i) seq_mask |= uint64_t(1) << ub.seq[i];
+  for (SeqId sq = 0; sq < KvCache::kMaxSeqs; ++sq) {
+    if (!((seq_mask >> sq) & 1)) continue;
+    cache.seq_cells_sorted(sq, &s.seq_cells[sq]);
+    s.seq_pos[sq].clear();
+    for (uint32_t c : s.seq_cells[sq]) s.seq_pos[sq].push_back(cache.cell_pos(c));
+  }
+
+  for (uint32_t il = 0; il < hp.n_layer; ++il) {
+    const LlamaLayer& L = model.layers()[il];
+    // ---- attention ----
+    for (int32_t i = 0; i < n; ++i)
+      rms_norm(s.x.data() + size_t(i) * n_embd, L.attn_norm, s.xn.data() + size_t(i) * n_embd, n_embd, hp.rms_eps);
+    Acts a = prepare_acts(pool, k, act_type_for(L.wq.type), s.xn.data(), n, n_embd, s.acts.data());
+    matmul(pool, k, a, {{&L.wq, s.q.data(), n_q}, {&L.wk, s.k.data(), n_kv}, {&L.wv, s.v.data(), n_kv}});
+
+    const KvRowSpec& ks = cache.layout().layer(il).streams[0];
+    const KvRowSpec& vs = cache.layout().layer(il).streams[1];
+    for (int32_t i = 0; i < n; ++i) {
+      const float* cs = s.rope_cs.data() + size_t(i) * hp.n_rot;
+      rope_apply(s.q.data() + size_t(i) * n_q, n_head, hd, hp.n_rot, cs);
+      rope_apply(s.k.data() + size_t(i) * n_kv, n_head_kv, hd, hp.n_rot, cs);
+      k.store_row(ks.dtype, s.k.data() + size_t(i) * n_kv, cache.row(il, 0, ub.cells[i]), n_kv);
+      k.store_row(vs.dtype, s.v.data() + size_t(i) * n_kv, cache.row(il, 1, ub.cells[i]), n_kv);
+    }
+
+    const size_t k_group_bytes = ks.row_bytes / ks.n_groups, v_group_bytes = vs.row_bytes / vs.n_groups;
+    const int32_t gqa = n_head / n_head_kv;
+    pool.run([&](int ith, int nth) {
+      int64_t p0, p1;
+      split_range(int64_t(n) * n_head, ith, nth, 1, &p0, &p1);
+      float* sc = s.scores.data() + size_t(ith) * cache.n_cells();
+      for (int64_t p = p0; p < p1; ++p) {
+        const int32_t i = static_cast<int32_t>(p / n_head), h = static_cast<int32_t>(p % n_head), kvh = h / gqa;
+        const float* qh = s.q.data() + size_t(i) * n_q + size_t(h) * hd;
+        const auto& cells = s.seq_cells[ub.seq[i]];
+        const auto& pos = s.seq_pos[ub.seq[i]];
+        const size_t n_vis = static_cast<size_t>(std::upper_bound(pos.begin(), pos.end(), ub.pos[i]) - pos.begin());
+        float mx = -INFINITY;
+        for (size_t j = 0; j < n_vis; ++j) {
+          sc[j] = k.dot_row(ks.dtype, cache.row(il, 0, cells[j]) + kvh * k_group_bytes, qh, hd) * scale;
+          mx = std::max(mx, sc[j]);
+        }
+        double sum = 0.0;
+        for (size_t j = 0; j < n_vis; ++j) {
+          sc[j] = std::exp(sc[j] - mx);
+          sum += sc[j];
+        }
+        float* o = s.attn.data() + size_t(i) * n_q + size_t(h) * hd;
+        std::fill(o, o + hd, 0.0f);
+        const float inv = sum > 0.0 ? static_cast<float>(1.0 / sum) : 0.0f;
+        for (size_t j = 0; j < n_vis; ++j) k.axpy_row(vs.dtype, cache.row(il, 1, cells[j]) + kvh * v_group_bytes, sc[j] * inv, o, hd);
+      }
+    });
+
+    a = prepare_acts(pool, k, act_type_for(L.wo.type), s.attn.data(), n, n_q, s.acts.data());
+    matmul(pool, k, a, {{&L.wo, s.out.data(), n_embd}});
+    for (size_t j = 0; j < size_t(n) * n_embd; ++j) s.x[j] += s.out[j];
+
+    // ---- feed-forward (SwiGLU) ----
+    for (int32_t i = 0; i < n; ++i)
+      rms_norm(s.x.data() + size_t(i) * n_embd, L.ffn_norm, s.xn.data() + size_t(i) * n_embd, n_embd, hp.rms_eps);
+    a = prepare_acts(pool, k, act_type_for(L.w_gate.type), s.xn.data(), n, n_embd, s.acts.data());
+    matmul(pool, k, a, {{&L.w_gate, s.ff_a.data(), n_ff}, {&L.w_up, s.ff_b.data(), n_ff}});
+    for (size_t j = 0; j < size_t(n) * n_ff; ++j) s.ff_a[j] = silu(s.ff_a[j]) * s.ff_b[j];
+    a = prepare_acts(pool, k, act_type_for(L.w_down.type), s.ff_a.data(), n, n_ff, s.acts.data());
+    matmul(pool, k, a, {{&L.w_down, s.out.data(), n_embd}});
+    for (size_t j = 0; j < size_t(n) * n_embd; ++j) s.x[j] += s.out[j];
+  }
+
+  // ---- output: only the rows that want logits ----
+  s.out_rows.clear();
+  for (int32_t i = 0; i < n; ++i)
+    if (ub.want_logits[i]) s.out_rows.push_back(i);
+  const int32_t n_out = static_cast<int32_t>(s.out_rows.size());
+  if (n_out == 0) return;
+  for (int32_t r = 0; r < n_out; ++r)
+    rms_norm(s.x.data() + size_t(s.out_rows[r]) * n_embd, model.output_norm(), s.xn.data() + size_t(r) * n_embd, n_embd, hp.rms_eps);
+  const MatRef& out = model.output();
+  Acts a = prepare_acts(pool, k, act_type_for(out.type), s.xn.data(), n_out, n_embd, s.acts.data());
+  matmul(pool, k, a, {{&out, logits, static_cast<int64_t>(hp.n_vocab)}});
+}
+
+}  // namespace kvstash

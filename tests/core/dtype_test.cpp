@@ -1,0 +1,125 @@
+// Tensor types: traits, the row-size function, fp16/bf16 conversions, and ggml block formats.
+#include <gtest/gtest.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "core/dtype.h"
+
+namespace kvstash {
+namespace {
+
+TEST(DType, TraitsMatchGgml) {
+  EXPECT_EQ(dtype_traits(DType::F32).block_bytes, 4u);
+  EXPECT_EQ(dtype_traits(DType::F16).block_bytes, 2u);
+  EXPECT_EQ(dtype_traits(DType::BF16).block_bytes, 2u);
+  EXPECT_EQ(dtype_traits(DType::Q8_0).block_elems, 32u);
+  EXPECT_EQ(dtype_traits(DType::Q8_0).block_bytes, 34u);
+  EXPECT_EQ(dtype_traits(DType::Q4_0).block_elems, 32u);
+  EXPECT_EQ(dtype_traits(DType::Q4_0).block_bytes, 18u);
+  // ggml type ids
+  EXPECT_EQ(dtype_traits_by_id(0)->type, DType::F32);
+  EXPECT_EQ(dtype_traits_by_id(1)->type, DType::F16);
+  EXPECT_EQ(dtype_traits_by_id(2)->type, DType::Q4_0);
+  EXPECT_EQ(dtype_traits_by_id(8)->type, DType::Q8_0);
+  EXPECT_EQ(dtype_traits_by_id(30)->type, DType::BF16);
+  EXPECT_EQ(dtype_traits_by_id(3), nullptr);  // q4_1: not supported
+  EXPECT_EQ(dtype_from_name("q8_0"), DType::Q8_0);
+  EXPECT_FALSE(dtype_from_name("q5_k").has_value());
+}
+
+TEST(DType, RowBytes) {
+  EXPECT_EQ(dtype_row_bytes(DType::F32, 172), 688u);
+  EXPECT_EQ(dtype_row_bytes(DType::F16, 2048), 4096u);
+  EXPECT_EQ(dtype_row_bytes(DType::Q8_0, 2048), 64u * 34u);
+  EXPECT_EQ(dtype_row_bytes(DType::Q4_0, 5632), 176u * 18u);
+  EXPECT_FALSE(dtype_row_bytes_checked(DType::Q8_0, 33).has_value());
+  EXPECT_FALSE(dtype_row_bytes_checked(DType::F32, UINT64_MAX / 2).has_value());  // overflow
+}
+
+TEST(DType, Fp16MatchesF16cForAllHalfValuesAndManyFloats) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float ref = _cvtsh_ss(static_cast<uint16_t>(h));
+    const float got = fp16_to_fp32(static_cast<fp16_t>(h));
+    if (std::isnan(ref)) {
+      EXPECT_TRUE(std::isnan(got)) << h;
+    } else {
+      EXPECT_EQ(std::memcmp(&ref, &got, 4), 0) << "half " << h;
+    }
+  }
+  std::mt19937 rng(7);
+  for (int i = 0; i < 2000000; ++i) {
+    uint32_t u = rng();
+    float f;
+    std::memcpy(&f, &u, 4);
+    if (std::isnan(f)) continue;
+    const uint16_t ref = _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+    ASSERT_EQ(fp32_to_fp16(f), ref) << "float bits " << u;
+  }
+}
+
+TEST(DType, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(fp32_to_bf16(1.0f), 0x3f80);
+  // 1 + 2^-8 is halfway between two bf16 values: ties to even (down).
+  EXPECT_EQ(fp32_to_bf16(1.00390625f), 0x3f80);
+  EXPECT_EQ(fp32_to_bf16(1.01171875f), 0x3f82);  // halfway, rounds up to even
+  EXPECT_EQ(bf16_to_fp32(0x4049), 3.140625f);
+  EXPECT_TRUE(std::isnan(bf16_to_fp32(fp32_to_bf16(NAN))));
+}
+
+// Hand-computed ggml blocks.
+TEST(DType, Q8_0BlockFormat) {
+  float x[32];
+  for (int i = 0; i < 32; ++i) x[i] = (i - 16) * 0.5f;  // amax = 8 at i = 0
+  BlockQ8_0 b;
+  quantize_row_ref(DType::Q8_0, x, &b, 32);
+  EXPECT_EQ(b.d, fp32_to_fp16(8.0f / 127.0f));
+  EXPECT_EQ(b.qs[0], -127);
+  EXPECT_EQ(b.qs[16], 0);
+  EXPECT_EQ(b.qs[31], static_cast<int8_t>(std::roundf(7.5f * 127.0f / 8.0f)));
+  float y[32];
+  dequantize_row_ref(DType::Q8_0, &b, y, 32);
+  for (int i = 0; i < 32; ++i) EXPECT_NEAR(y[i], x[i], 8.0f / 127.0f / 2 + 1e-3f);
+}
+
+TEST(DType, Q4_0BlockFormat) {
+  float x[32];
+  for (int i = 0; i < 32; ++i) x[i] = static_cast<float>(i) - 8.0f;  // max |x| = 23 at i = 31, positive
+  BlockQ4_0 b;
+  quantize_row_ref(DType::Q4_0, x, &b, 32);
+  // d = max / -8 = -23/8; element 31 -> 23 / (-23/8) = -8 -> nibble 0.
+  EXPECT_EQ(b.d, fp32_to_fp16(-23.0f / 8.0f));
+  EXPECT_EQ(b.qs[15] >> 4, 0);
+  // element 8 (x = 0) -> nibble 8 in the low half of byte 8.
+  EXPECT_EQ(b.qs[8] & 0x0f, 8);
+  float y[32];
+  dequantize_row_ref(DType::Q4_0, &b, y, 32);
+  const float d = fp16_to_fp32(b.d);
+  for (int i = 0; i < 32; ++i) EXPECT_NEAR(y[i], x[i], std::fabs(d) / 2 + 1e-3f) << i;
+}
+
+TEST(DType, RoundTripErrorBounds) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(4096), y(4096);
+  for (auto& v : x) v = nd(rng);
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
+    std::vector<uint8_t> q(dtype_row_bytes(t, x.size()));
+    quantize_row_ref(t, x.data(), q.data(), static_cast<int64_t>(x.size()));
+    dequantize_row_ref(t, q.data(), y.data(), static_cast<int64_t>(x.size()));
+    double err = 0, ref = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      err += (x[i] - y[i]) * (x[i] - y[i]);
+      ref += x[i] * x[i];
+    }
+    const double rel = std::sqrt(err / ref);
+    // Relative RMS error bounds per type (f32 exact; f16 ~2^-11; bf16 ~2^-8; q8_0 ~0.5%; q4_0 ~10%).
+    const double bound = t == DType::F32 ? 0 : t == DType::F16 ? 5e-4 : t == DType::BF16 ? 4e-3 : t == DType::Q8_0 ? 1e-2 : 0.12;
+    EXPECT_LE(rel, bound) << dtype_name(t);
+  }
+}
+
+}  // namespace
+}  // namespace kvstash

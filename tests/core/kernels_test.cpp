@@ -1,0 +1,197 @@
+// Kernels: SIMD against the scalar reference (tolerance per type), and batch invariance:
+// a token's result is bit-identical whatever the batch size, its place in the batch, the row
+// range, or the number of threads.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "core/kernels.h"
+#include "core/matmul.h"
+#include "core/threadpool.h"
+
+namespace kvstash {
+namespace {
+
+struct Problem {
+  DType type;
+  int64_t n_rows, n_cols;
+  std::vector<uint8_t> w;
+  std::vector<float> x;  // [n_tok, n_cols]
+  MatRef ref() const { return {type, w.data(), n_rows, n_cols, dtype_row_bytes(type, n_cols)}; }
+};
+
+Problem make_problem(DType t, int64_t rows, int64_t cols, int64_t n_tok, uint32_t seed) {
+  Problem p{t, rows, cols, {}, {}};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> row(cols);
+  const size_t rb = dtype_row_bytes(t, cols);
+  p.w.resize(rb * rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (auto& v : row) v = nd(rng);
+    quantize_row_ref(t, row.data(), p.w.data() + r * rb, cols);
+  }
+  p.x.resize(n_tok * cols);
+  for (auto& v : p.x) v = nd(rng);
+  return p;
+}
+
+// Runs the full threaded path: prepare activations, matmul.
+std::vector<float> run(const KernelSet& k, ThreadPool& pool, const Problem& p, const float* x, int64_t n_tok) {
+  const DType act = act_type_for(p.type);
+  std::vector<uint8_t> scratch(n_tok * dtype_row_bytes(DType::Q8_0, (p.n_cols + 31) / 32 * 32) + 64);
+  Acts a = prepare_acts(pool, k, act, x, n_tok, p.n_cols, scratch.data());
+  std::vector<float> y(n_tok * p.n_rows, NAN);
+  MatRef w = p.ref();
+  matmul(pool, k, a, {{&w, y.data(), p.n_rows}});
+  return y;
+}
+
+const DType kTypes[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
+
+// Exact dot products in double, from the dequantized weights and the activations as the
+// kernel sees them (Q8_0 activations dequantized too).
+double ref_dot(const Problem& p, int64_t r, const uint8_t* xact, DType act) {
+  std::vector<float> w(p.n_cols), x(p.n_cols);
+  dequantize_row_ref(p.type, p.w.data() + r * dtype_row_bytes(p.type, p.n_cols), w.data(), p.n_cols);
+  dequantize_row_ref(act, xact, x.data(), p.n_cols);
+  double s = 0;
+  for (int64_t i = 0; i < p.n_cols; ++i) s += double(w[i]) * x[i];
+  return s;
+}
+
+TEST(Kernels, SimdAndScalarMatchExactDotWithinTolerance) {
+  const KernelSet* simd = avx2_kernels();
+  ASSERT_NE(simd, nullptr) << "this machine has AVX2/FMA/F16C; the SIMD kernels must be available";
+  const KernelSet& sc = scalar_kernels();
+  for (DType t : kTypes) {
+    const bool quant = t == DType::Q8_0 || t == DType::Q4_0;
+    for (int64_t cols : quant ? std::vector<int64_t>{32, 256, 2048} : std::vector<int64_t>{8, 172, 2048}) {
+      const int64_t rows = 37, n_tok = 5;
+      Problem p = make_problem(t, rows, cols, n_tok, 11);
+      const DType act = act_type_for(t);
+      const size_t xrb = dtype_row_bytes(act, cols);
+      // The same prepared activations for both kernel sets (reference quantization).
+      std::vector<uint8_t> xa(n_tok * xrb);
+      for (int64_t i = 0; i < n_tok; ++i) quantize_row_ref(act, p.x.data() + i * cols, xa.data() + i * xrb, cols);
+      std::vector<float> y_simd(rows * n_tok), y_sc(rows * n_tok);
+      MatRef w = p.ref();
+      gemm_for(*simd, t)(w, xa.data(), xrb, n_tok, y_simd.data(), rows, 0, rows);
+      gemm_for(sc, t)(w, xa.data(), xrb, n_tok, y_sc.data(), rows, 0, rows);
+      for (int64_t i = 0; i < n_tok; ++i)
+        for (int64_t r = 0; r < rows; ++r) {
+          const double exact = ref_dot(p, r, xa.data() + i * xrb, act);
+          // Stated tolerance: float accumulation of `cols` terms of unit scale: 1e-5 * sqrt(cols) absolute
+          // (activations and weights ~N(0,1): the exact sum has magnitude ~sqrt(cols)).
+          const double tol = 1e-5 * std::sqrt(double(cols)) * (quant ? 4.0 : 1.0);
+          EXPECT_NEAR(y_simd[i * rows + r], exact, tol) << dtype_name(t) << " cols " << cols;
+          EXPECT_NEAR(y_sc[i * rows + r], exact, tol) << dtype_name(t) << " cols " << cols;
+        }
+    }
+  }
+}
+
+TEST(Kernels, SimdActivationQuantizationMatchesReference) {
+  const KernelSet* simd = avx2_kernels();
+  ASSERT_NE(simd, nullptr);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  std::vector<float> x(4096);
+  for (auto& v : x) v = nd(rng);
+  x[100] = 0.0f;
+  for (int i = 64; i < 96; ++i) x[i] = 0.0f;  // an all-zero block
+  std::vector<BlockQ8_0> a(128), b(128);
+  simd->quantize_row_q8_0(x.data(), a.data(), 4096);
+  quantize_row_ref(DType::Q8_0, x.data(), b.data(), 4096);
+  for (int i = 0; i < 128; ++i) {
+    EXPECT_EQ(a[i].d, b[i].d) << i;
+    // Ties round to even in SIMD and away from zero in the reference: at most 1 apart.
+    for (int j = 0; j < 32; ++j) EXPECT_LE(std::abs(a[i].qs[j] - b[i].qs[j]), 1) << i << "," << j;
+  }
+}
+
+TEST(Kernels, BatchInvariantAcrossBatchSizeSplitsAndThreads) {
+  for (const KernelSet* k : {avx2_kernels(), &scalar_kernels()}) {
+    ASSERT_NE(k, nullptr);
+    for (DType t : kTypes) {
+      const int64_t n_tok = 13, cols = 256, rows = 67;  // rows: not a multiple of the tile or grain
+      Problem p = make_problem(t, rows, cols, n_tok, 21);
+      ThreadPool pool1(1), pool2(2), pool3(3);
+      const std::vector<float> full = run(*k, pool2, p, p.x.data(), n_tok);
+      // Each token alone (decode path), with 1 and 3 threads.
+      for (int64_t i = 0; i < n_tok; ++i) {
+        for (ThreadPool* pool : {&pool1, &pool3}) {
+          const std::vector<float> one = run(*k, *pool, p, p.x.data() + i * cols, 1);
+          ASSERT_EQ(std::memcmp(one.data(), full.data() + i * rows, rows * sizeof(float)), 0)
+              << k->name << " " << dtype_name(t) << " token " << i << " threads " << pool->n_threads();
+        }
+      }
+      // The batch split into chunks 5 + 8.
+      const std::vector<float> a = run(*k, pool3, p, p.x.data(), 5);
+      const std::vector<float> b = run(*k, pool1, p, p.x.data() + 5 * cols, 8);
+      ASSERT_EQ(std::memcmp(a.data(), full.data(), a.size() * sizeof(float)), 0) << k->name << " " << dtype_name(t);
+      ASSERT_EQ(std::memcmp(b.data(), full.data() + 5 * rows, b.size() * sizeof(float)), 0) << k->name << " " << dtype_name(t);
+    }
+  }
+}
+
+TEST(Kernels, AttentionRowHelpers) {
+  const KernelSet* simd = avx2_kernels();
+  ASSERT_NE(simd, nullptr);
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    for (int64_t n : {8, 64, 100}) {
+      std::vector<float> src(n), x(n), deq(n);
+      for (auto& v : src) v = nd(rng);
+      for (auto& v : x) v = nd(rng);
+      std::vector<uint8_t> row(dtype_row_bytes(t, n)), row_ref(dtype_row_bytes(t, n));
+      simd->store_row(t, src.data(), row.data(), n);
+      quantize_row_ref(t, src.data(), row_ref.data(), n);
+      ASSERT_EQ(row, row_ref) << "store_row must round exactly like the reference, " << dtype_name(t);
+      dequantize_row_ref(t, row.data(), deq.data(), n);
+      double exact = 0;
+      for (int64_t i = 0; i < n; ++i) exact += double(deq[i]) * x[i];
+      EXPECT_NEAR(simd->dot_row(t, row.data(), x.data(), n), exact, 1e-5 * std::sqrt(double(n)));
+      EXPECT_NEAR(scalar_kernels().dot_row(t, row.data(), x.data(), n), exact, 1e-5 * std::sqrt(double(n)));
+      std::vector<float> y1(n, 1.0f), y2(n, 1.0f);
+      simd->axpy_row(t, row.data(), 0.5f, y1.data(), n);
+      scalar_kernels().axpy_row(t, row.data(), 0.5f, y2.data(), n);
+      for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y1[i], 1.0f + 0.5f * deq[i], 1e-6f);
+      for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y2[i], 1.0f + 0.5f * deq[i], 1e-6f);
+    }
+  }
+}
+
+TEST(ThreadPool, RunsEveryThreadOnceAndSplitsRanges) {
+  for (int n : {1, 2, 4}) {
+    ThreadPool pool(n);
+    std::vector<int> hits(n, 0);
+    for (int rep = 0; rep < 1000; ++rep) pool.run([&](int ith, int nth) {
+      ASSERT_EQ(nth, n);
+      hits[ith]++;
+    });
+    for (int i = 0; i < n; ++i) EXPECT_EQ(hits[i], 1000);
+  }
+  // split_range covers [0, n) exactly once with grain-aligned starts.
+  for (int64_t n : {0, 1, 15, 16, 17, 1000}) {
+    for (int nth : {1, 2, 3, 7}) {
+      int64_t covered = 0, prev_end = 0;
+      for (int i = 0; i < nth; ++i) {
+        int64_t b, e;
+        split_range(n, i, nth, 16, &b, &e);
+        EXPECT_EQ(b, prev_end);
+        EXPECT_EQ(b % 16 == 0 || b == n, true);
+        covered += e - b;
+        prev_end = e;
+      }
+      EXPECT_EQ(covered, n);
+      EXPECT_EQ(prev_end, n);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvstash
