@@ -10,9 +10,12 @@ namespace kvstash::test {
 
 inline std::string models_dir() {
   if (const char* e = std::getenv("KVSTASH_MODELS"); e && *e) return e;
-  // Source tree layout: <repo>/tests/test_paths.h -> <repo>/../shared/models
-  std::filesystem::path p = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "shared" / "models";
-  return p.string();
+#ifdef KVSTASH_SOURCE_DIR
+  const std::filesystem::path repo = KVSTASH_SOURCE_DIR;
+#else
+  const std::filesystem::path repo = std::filesystem::absolute(std::filesystem::path(__FILE__)).parent_path().parent_path();
+#endif
+  return (repo.parent_path() / "shared" / "models").string();
 }
 
 // Absolute path of a shared fixture; throws (failing the test) with a clear message if absent.

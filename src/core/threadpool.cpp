@@ -13,7 +13,7 @@
 
 namespace kvstash {
 namespace {
-constexpr int kSpinIters = 20000;  // ~50-100 us of polling before sleeping
+constexpr int kSpinIters = 4000;  // tens of microseconds of polling before sleeping or yielding
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {

@@ -39,9 +39,14 @@ TEST(DType, RowBytes) {
   EXPECT_FALSE(dtype_row_bytes_checked(DType::F32, UINT64_MAX / 2).has_value());  // overflow
 }
 
+// F16C instructions as the reference for the software conversions.
+__attribute__((target("f16c"))) float hw_h2f(uint16_t h) { return _cvtsh_ss(h); }
+__attribute__((target("f16c"))) uint16_t hw_f2h(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+
 TEST(DType, Fp16MatchesF16cForAllHalfValuesAndManyFloats) {
+  ASSERT_TRUE(__builtin_cpu_supports("f16c"));
   for (uint32_t h = 0; h < 65536; ++h) {
-    const float ref = _cvtsh_ss(static_cast<uint16_t>(h));
+    const float ref = hw_h2f(static_cast<uint16_t>(h));
     const float got = fp16_to_fp32(static_cast<fp16_t>(h));
     if (std::isnan(ref)) {
       EXPECT_TRUE(std::isnan(got)) << h;
@@ -55,7 +60,7 @@ TEST(DType, Fp16MatchesF16cForAllHalfValuesAndManyFloats) {
     float f;
     std::memcpy(&f, &u, 4);
     if (std::isnan(f)) continue;
-    const uint16_t ref = _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+    const uint16_t ref = hw_f2h(f);
     ASSERT_EQ(fp32_to_fp16(f), ref) << "float bits " << u;
   }
 }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test: a Release build, then an AddressSanitizer + UBSan build.
+# Shared fixtures come from $KVSTASH_MODELS (default: ../shared/models beside the repo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export KVSTASH_MODELS="${KVSTASH_MODELS:-$(cd .. && pwd)/shared/models}"
+if [ ! -f "$KVSTASH_MODELS/stories260K.gguf" ]; then
+  echo "error: test fixtures not found in '$KVSTASH_MODELS' (set KVSTASH_MODELS to the shared/models directory)" >&2
+  exit 1
+fi
+jobs="${KVSTASH_JOBS:-$(nproc)}"
+run_suite() {  # name, build dir, cmake args...
+  local name=$1 dir=$2
+  shift 2
+  echo "== $name =="
+  cmake -S . -B "$dir" -G Ninja -DKVSTASH_MODELS_DIR="$KVSTASH_MODELS" "$@" >/dev/null
+  cmake --build "$dir" -j "$jobs"
+  (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900)
+}
+run_suite "release" build/release -DCMAKE_BUILD_TYPE=Release
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  run_suite "asan+ubsan" build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSTASH_SANITIZE=ON -DKVSTASH_BENCH=OFF
