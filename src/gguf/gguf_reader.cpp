@@ -18,6 +18,9 @@ namespace {
 constexpr uint32_t kMaxNesting = 8;           // arrays of arrays, deeper is refused
 constexpr uint64_t kMaxKeyBytes = 65535;      // keys are short identifiers
 constexpr uint64_t kMaxTensorNameBytes = 4096;
+// Counts are only bounds-checked against the bytes left, and an entry takes far more memory than
+// its minimum encoding (a 13-byte kv is a 184-byte entry); reserve no more than this up front.
+constexpr uint64_t kMaxReserve = 4096;
 
 // Cursor over untrusted bytes. Every read is bounds-checked.
 class Cursor {
@@ -90,14 +93,16 @@ Status read_array(Cursor& c, const std::string& key, uint32_t depth, GgufValue* 
       for (uint64_t k = 0; k < n; ++k)
         if (p[k] > 1) return corruption("gguf: key '" + key + "': bool array element " + std::to_string(k) + " is " + std::to_string(p[k]) + ", expected 0 or 1");
   } else if (v->elem_type == GgufType::STRING) {
-    v->strs.resize(n);
+    v->strs.reserve(std::min(n, kMaxReserve));
     for (uint64_t k = 0; k < n; ++k)
-      KV_RETURN_IF_ERROR(read_string(c, UINT64_MAX, "key '" + key + "' element " + std::to_string(k), &v->strs[k]));
+      KV_RETURN_IF_ERROR(read_string(c, UINT64_MAX, "key '" + key + "' element " + std::to_string(k), &v->strs.emplace_back()));
   } else {
-    v->items.resize(n);
+    // Grown as items parse, not sized from the claimed count: each nesting level could otherwise
+    // allocate 12x the file before a single item is read.
     for (uint64_t k = 0; k < n; ++k) {
-      v->items[k].type = GgufType::ARRAY;
-      KV_RETURN_IF_ERROR(read_array(c, key + "[" + std::to_string(k) + "]", depth + 1, &v->items[k]));
+      GgufValue& item = v->items.emplace_back();
+      item.type = GgufType::ARRAY;
+      KV_RETURN_IF_ERROR(read_array(c, key + "[" + std::to_string(k) + "]", depth + 1, &item));
     }
   }
   return Status::ok();
@@ -193,7 +198,7 @@ Status GgufFile::parse() {
   if (!checked_mul(n_tensors, 32, &need) || need > c.remaining())
     return corruption("gguf: tensor count " + std::to_string(n_tensors) + " cannot fit in the " + std::to_string(c.remaining()) + " bytes left");
 
-  kv_.reserve(n_kv);
+  kv_.reserve(std::min(n_kv, kMaxReserve));
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key;
     KV_RETURN_IF_ERROR(read_string(c, kMaxKeyBytes, "metadata key #" + std::to_string(k), &key));
@@ -215,7 +220,7 @@ Status GgufFile::parse() {
     alignment_ = static_cast<uint32_t>(a->u);
   }
 
-  tensors_.reserve(n_tensors);
+  tensors_.reserve(std::min(n_tensors, kMaxReserve));
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GgufTensorInfo ti;
     KV_RETURN_IF_ERROR(read_string(c, kMaxTensorNameBytes, "tensor #" + std::to_string(k) + " name", &ti.name));
@@ -243,10 +248,11 @@ Status GgufFile::parse() {
       if (!checked_mul(n_rows, ti.ne[d], &n_rows)) return corruption(tn + ": element count overflows");
     uint64_t n_el;
     if (!checked_mul(n_rows, ti.ne[0], &n_el) || n_el > static_cast<uint64_t>(INT64_MAX)) return corruption(tn + ": element count overflows");
-    auto rb = dtype_row_bytes_checked(ti.type, ti.ne[0]);
-    if (!rb)
+    if (ti.ne[0] % tr->block_elems != 0)
       return corruption(tn + ": row of " + std::to_string(ti.ne[0]) + " elements is not a multiple of the " + tr->name +
                         " block size " + std::to_string(tr->block_elems));
+    auto rb = dtype_row_bytes_checked(ti.type, ti.ne[0]);
+    if (!rb) return corruption(tn + ": row of " + std::to_string(ti.ne[0]) + " " + tr->name + " elements overflows its byte size");
     if (!checked_mul(*rb, n_rows, &ti.n_bytes)) return corruption(tn + ": byte size overflows");
     tensor_index_.emplace(ti.name, tensors_.size());
     tensors_.push_back(std::move(ti));
