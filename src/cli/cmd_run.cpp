@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include <filesystem>
 #include "engine/context.h"
 #include "engine/sampler.h"
 #include "model/model.h"
@@ -21,8 +22,8 @@ void add_run_command(CLI::App& app, RunOptions& o) {
   c->add_option("-c,--ctx-size", o.n_ctx, "Context size in tokens (default: min(training context, 4096))");
   c->add_option("-b,--batch-size", o.n_batch, "Logical batch size");
   c->add_option("--ubatch-size", o.n_ubatch, "Physical batch size (-ub)");
-  c->add_option("--cache-type-k", o.cache_type_k, "K cache type (-ctk): f32, f16, bf16");
-  c->add_option("--cache-type-v", o.cache_type_v, "V cache type (-ctv): f32, f16, bf16");
+  c->add_option("--cache-type-k", o.cache_type_k, "K cache type (-ctk): f32, f16, bf16, q8_0, q4_0, q8_KV");
+  c->add_option("--cache-type-v", o.cache_type_v, "V cache type (-ctv): f32, f16, bf16, q8_0, q4_0, q8_KV");
   c->add_option("--temp", o.temperature, "Temperature (0 = greedy)");
   c->add_option("--top-k", o.top_k, "Top-k (0 = off)");
   c->add_option("--top-p", o.top_p, "Top-p (1 = off)");
@@ -33,6 +34,9 @@ void add_run_command(CLI::App& app, RunOptions& o) {
   c->add_flag("--ignore-eos", o.ignore_eos, "Keep generating after end-of-sequence tokens");
   c->add_flag("--no-display-prompt", o.no_display_prompt, "Do not echo the prompt");
   c->add_option("--token-ids-out", o.token_ids_out, "Write prompt and generated token ids as JSON to this file");
+  c->add_option("--prompt-cache", o.prompt_cache,
+                "State file: restore the longest matching prefix from it, and save the prompt's state to it");
+  c->add_flag("--prompt-cache-no-fsync", o.prompt_cache_no_fsync, "Save the prompt cache without fsync (still atomic)");
 }
 
 namespace {
@@ -89,16 +93,57 @@ int run_command(const RunOptions& o) {
   }
   for (int32_t t : prompt) sampler.accept(t);
 
+  // --prompt-cache: restore the longest common prefix instead of recomputing it.
+  int32_t n_reused = 0;
+  std::vector<float> cached_logits;
+  if (!o.prompt_cache.empty() && std::filesystem::exists(o.prompt_cache)) {
+    const auto t_rs = std::chrono::steady_clock::now();
+    auto r = state_load_seq_file(ctx.cache(), 0, m.fingerprint(), o.prompt_cache, StateLoadOptions{});
+    if (!r.is_ok()) {
+      std::fprintf(stderr, "prompt cache: not used: %s\n", r.status().to_string().c_str());
+    } else {
+      const auto& cached = r->tokens;
+      size_t p = 0;
+      while (p < cached.size() && p < prompt.size() && cached[p] == prompt[p] && r->positions[p] == static_cast<int32_t>(p)) ++p;
+      if (p == prompt.size() && cached.size() == prompt.size() && !r->logits.empty()) {
+        cached_logits = r->logits;  // the whole prompt, with its last logits: nothing to compute
+      } else if (p == prompt.size()) {
+        --p;  // recompute the last token to get its logits
+      }
+      ctx.cache().seq_rm(0, static_cast<int32_t>(p), -1);
+      n_reused = static_cast<int32_t>(p);
+      std::fprintf(stderr, "prompt cache: restored %d of %zu cached tokens from %s in %.2f ms; computing %zu\n", n_reused, cached.size(),
+                   o.prompt_cache.c_str(), ms_since(t_rs), prompt.size() - n_reused);
+    }
+  }
+
   const auto t_pp = std::chrono::steady_clock::now();
-  auto lg = ctx.eval(0, prompt.data(), static_cast<int32_t>(prompt.size()), 0);
-  if (!lg.is_ok()) return fail(lg.status());
+  const float* first_logits = nullptr;
+  if (!cached_logits.empty()) {
+    first_logits = cached_logits.data();
+  } else {
+    auto lg = ctx.eval(0, prompt.data() + n_reused, static_cast<int32_t>(prompt.size()) - n_reused, n_reused);
+    if (!lg.is_ok()) return fail(lg.status());
+    first_logits = lg.value();
+  }
   const double pp_ms = ms_since(t_pp);
+  if (!o.prompt_cache.empty() && cached_logits.empty()) {
+    StateSaveOptions so;
+    so.durable = !o.prompt_cache_no_fsync;
+    so.logits = first_logits;
+    so.n_logits = m.hparams().n_vocab;
+    const auto t_sv = std::chrono::steady_clock::now();
+    auto sv = state_save_seq_file(ctx.cache(), 0, m.fingerprint(), o.prompt_cache, so);
+    if (!sv.is_ok()) return fail(sv.status());
+    std::fprintf(stderr, "prompt cache: saved %u tokens (%llu bytes) to %s in %.2f ms\n", sv->n_tokens,
+                 static_cast<unsigned long long>(sv->n_bytes), o.prompt_cache.c_str(), ms_since(t_sv));
+  }
 
   std::vector<int32_t> generated;
   int32_t pos = static_cast<int32_t>(prompt.size());
   const int32_t limit = o.n_predict < 0 ? n_ctx - pos : std::min(o.n_predict, n_ctx - pos);
   generated.reserve(std::max(limit, 0));
-  const float* logits = lg.value();
+  const float* logits = first_logits;
   const auto t_tg = std::chrono::steady_clock::now();
   int32_t n_eval = 0;
   for (int32_t i = 0; i < limit; ++i) {
@@ -118,7 +163,9 @@ int run_command(const RunOptions& o) {
   const double tg_ms = ms_since(t_tg);
   std::fputc('\n', stdout);
   std::fflush(stdout);
-  std::fprintf(stderr, "prompt:     %5zu tokens in %9.2f ms = %8.2f tok/s\n", prompt.size(), pp_ms, prompt.size() * 1000.0 / pp_ms);
+  const size_t n_computed = cached_logits.empty() ? prompt.size() - n_reused : 0;
+  std::fprintf(stderr, "prompt:     %5zu tokens in %9.2f ms = %8.2f tok/s (%d restored from cache)\n", n_computed, pp_ms,
+               n_computed ? n_computed * 1000.0 / pp_ms : 0.0, n_reused + (cached_logits.empty() ? 0 : static_cast<int32_t>(prompt.size()) - n_reused));
   std::fprintf(stderr, "generation: %5d tokens in %9.2f ms = %8.2f tok/s (%zu sampled)\n", n_eval, tg_ms,
                n_eval > 0 ? n_eval * 1000.0 / tg_ms : 0.0, generated.size());
   if (!o.token_ids_out.empty()) {

@@ -32,6 +32,8 @@ struct RunOptions {
   bool ignore_eos = false;
   bool no_display_prompt = false;
   std::string token_ids_out;  // write prompt and generated token ids as JSON here
+  std::string prompt_cache;   // --prompt-cache FILE
+  bool prompt_cache_no_fsync = false;
 };
 void add_run_command(CLI::App& app, RunOptions& o);
 int run_command(const RunOptions& o);
@@ -42,6 +44,31 @@ struct GgufOptions {
 };
 void add_gguf_command(CLI::App& app, GgufOptions& o);
 int gguf_command(const GgufOptions& o);
+
+struct StateOptions {
+  std::string file, model, out, type_k, type_v;
+  bool no_fsync = false;
+  CLI::App* sub_inspect = nullptr;
+  CLI::App* sub_verify = nullptr;
+  CLI::App* sub_convert = nullptr;
+};
+void add_state_command(CLI::App& app, StateOptions& o);
+int state_command(const StateOptions& o);
+
+struct BenchOptions {
+  std::vector<std::string> models;
+  std::vector<int> n_prompt{512};
+  std::vector<int> n_gen{128};
+  std::vector<int> threads{0};
+  int reps = 5;
+  int32_t n_batch = 2048;
+  int32_t n_ubatch = 512;
+  std::string type_k = "f16", type_v = "f16";
+  std::string attn = "default";
+  std::string format = "md";
+};
+void add_bench_command(CLI::App& app, BenchOptions& o);
+int bench_command(const BenchOptions& o);
 
 struct MkmodelOptions {
   std::string preset = "tiny-llama";

@@ -20,9 +20,13 @@ int main(int argc, char** argv) {
   kvstash::cli::RunOptions run;
   kvstash::cli::GgufOptions gguf;
   kvstash::cli::MkmodelOptions mk;
+  kvstash::cli::StateOptions st;
+  kvstash::cli::BenchOptions bn;
   kvstash::cli::add_run_command(app, run);
   kvstash::cli::add_gguf_command(app, gguf);
   kvstash::cli::add_mkmodel_command(app, mk);
+  kvstash::cli::add_state_command(app, st);
+  kvstash::cli::add_bench_command(app, bn);
   try {
     app.parse(static_cast<int>(av.size()), av.data());
   } catch (const CLI::ParseError& e) {
@@ -31,5 +35,7 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("run")) return kvstash::cli::run_command(run);
   if (app.got_subcommand("gguf")) return kvstash::cli::gguf_command(gguf);
   if (app.got_subcommand("mkmodel")) return kvstash::cli::mkmodel_command(mk);
+  if (app.got_subcommand("state")) return kvstash::cli::state_command(st);
+  if (app.got_subcommand("bench")) return kvstash::cli::bench_command(bn);
   return 2;
 }

@@ -9,24 +9,31 @@
 namespace kvstash {
 namespace {
 
+//                    type         name    block_elems block_bytes row_header quantized gguf_ok
 constexpr DTypeTraits kTraits[] = {
-    {DType::F32, "f32", 1, 4, false},
-    {DType::F16, "f16", 1, 2, false},
-    {DType::Q4_0, "q4_0", kQK4_0, sizeof(BlockQ4_0), true},
-    {DType::Q8_0, "q8_0", kQK8_0, sizeof(BlockQ8_0), true},
-    {DType::BF16, "bf16", 1, 2, false},
+    {DType::F32, "f32", 1, 4, 0, false, true},
+    {DType::F16, "f16", 1, 2, 0, false, true},
+    {DType::Q4_0, "q4_0", kQK4_0, sizeof(BlockQ4_0), 0, true, true},
+    {DType::Q8_0, "q8_0", kQK8_0, sizeof(BlockQ8_0), 0, true, true},
+    {DType::BF16, "bf16", 1, 2, 0, false, true},
+    {DType::Q8_KV, "q8_KV", 1, sizeof(int8_t), kQ8KvHeaderBytes, true, false},
 };
 
-}  // namespace
-
-const DTypeTraits* dtype_traits_by_id(uint32_t id) {
+const DTypeTraits* find_traits(uint32_t id) {
   for (const auto& t : kTraits)
     if (static_cast<uint32_t>(t.type) == id) return &t;
   return nullptr;
 }
 
+}  // namespace
+
+const DTypeTraits* dtype_traits_by_id(uint32_t id) {
+  const DTypeTraits* tr = find_traits(id);
+  return tr && tr->gguf_ok ? tr : nullptr;
+}
+
 const DTypeTraits& dtype_traits(DType t) {
-  const DTypeTraits* tr = dtype_traits_by_id(static_cast<uint32_t>(t));
+  const DTypeTraits* tr = find_traits(static_cast<uint32_t>(t));
   assert(tr && "dtype_traits: unknown DType");
   return *tr;
 }
@@ -38,10 +45,11 @@ std::optional<DType> dtype_from_name(std::string_view name) {
 }
 
 std::optional<uint64_t> dtype_row_bytes_checked(DType t, uint64_t n_elems) {
-  const DTypeTraits* tr = dtype_traits_by_id(static_cast<uint32_t>(t));
+  const DTypeTraits* tr = find_traits(static_cast<uint32_t>(t));
   if (!tr || n_elems % tr->block_elems != 0) return std::nullopt;
   uint64_t bytes;
   if (!checked_mul(n_elems / tr->block_elems, tr->block_bytes, &bytes)) return std::nullopt;
+  if (!checked_add(bytes, tr->row_header_bytes, &bytes)) return std::nullopt;
   return bytes;
 }
 
@@ -145,6 +153,17 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n) {
   }
 }
 
+// One row, one scale: d = amax / 127 (float32), q = round(x / d) clamped to [-127, 127].
+void quantize_q8_kv(const float* x, uint8_t* y, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  std::memcpy(y, &d, sizeof d);
+  auto* q = reinterpret_cast<int8_t*>(y + kQ8KvHeaderBytes);
+  for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(std::fmax(-127.0f, std::fmin(127.0f, std::roundf(x[i] * id))));
+}
+
 }  // namespace
 
 void quantize_row_ref(DType t, const float* src, void* dst, int64_t n) {
@@ -162,6 +181,7 @@ void quantize_row_ref(DType t, const float* src, void* dst, int64_t n) {
     }
     case DType::Q8_0: quantize_q8_0(src, static_cast<BlockQ8_0*>(dst), n); return;
     case DType::Q4_0: quantize_q4_0(src, static_cast<BlockQ4_0*>(dst), n); return;
+    case DType::Q8_KV: quantize_q8_kv(src, static_cast<uint8_t*>(dst), n); return;
   }
 }
 
@@ -195,6 +215,13 @@ void dequantize_row_ref(DType t, const void* src, float* dst, int64_t n) {
           dst[i * kQK4_0 + j + kQK4_0 / 2] = ((b[i].qs[j] >> 4) - 8) * d;
         }
       }
+      return;
+    }
+    case DType::Q8_KV: {
+      float d;
+      std::memcpy(&d, src, sizeof d);
+      const auto* q = reinterpret_cast<const int8_t*>(static_cast<const uint8_t*>(src) + kQ8KvHeaderBytes);
+      for (int64_t i = 0; i < n; ++i) dst[i] = q[i] * d;
       return;
     }
   }

@@ -40,12 +40,27 @@ struct KernelSet {
   GemmFn gemm_q4_0;
   // Activation row quantization f32 -> Q8_0 blocks (n multiple of 32).
   void (*quantize_row_q8_0)(const float* x, void* y, int64_t n);
-  // Attention helpers over one cache row of type F32 or F16:
+  // ---- attention helpers over one cache head row of n elements ----
+  // dot(row, x) for a row of type F32, F16 or BF16 and f32 x [n].
   float (*dot_row)(DType t, const void* row, const float* x, int64_t n);
-  void (*axpy_row)(DType t, const void* row, float a, float* y, int64_t n);  // y += a * row
-  // Row conversion f32 -> F32/F16 for writing the cache.
+  // y[n] += a * row, for a row of any cache type (F32, F16, BF16, Q8_0, Q4_0, Q8_KV); quantized
+  // rows are dequantized inside the loop, never into a buffer.
+  void (*axpy_row)(DType t, const void* row, float a, float* y, int64_t n);
+  // Row conversion f32 -> any cache type, for writing the cache. Q8_0/Q4_0/Q8_KV use the reference
+  // quantizers (quantize_row_ref); a Q8_KV row is one scaled row, so callers pass one head at a time.
   void (*store_row)(DType t, const float* x, void* row, int64_t n);
+  // ---- quantized K rows ----
+  // f32 [n] -> one Q8_KV row (4 + n bytes; any n >= 1): the query format for Q8_KV keys.
+  void (*quantize_row_q8_kv)(const float* x, void* y, int64_t n);
+  // dot(krow, qrow) for a quantized key row of type t (Q8_0, Q4_0 or Q8_KV) and a query row already
+  // in vec_dot_type(t) (Q8_0 blocks for Q8_0 / Q4_0, one Q8_KV row for Q8_KV). Integer products per
+  // block (Q8_0, Q4_0) or per row (Q8_KV) scaled by the product of the two scales.
+  float (*dot_row_q)(DType t, const void* krow, const void* qrow, int64_t n);
 };
+
+// The format a query row is converted to before dot_row_q with a cache row of type t:
+// Q8_0 for Q8_0 and Q4_0, Q8_KV for Q8_KV; F32 (no conversion, dot_row) for float types.
+DType vec_dot_type(DType t);
 
 const KernelSet& scalar_kernels();
 // nullptr when this build or CPU lacks AVX2/FMA/F16C.
@@ -60,6 +75,7 @@ inline GemmFn gemm_for(const KernelSet& k, DType t) {
     case DType::BF16: return k.gemm_bf16;
     case DType::Q8_0: return k.gemm_q8_0;
     case DType::Q4_0: return k.gemm_q4_0;
+    case DType::Q8_KV: return nullptr;  // cache-only type, never a weight
   }
   return nullptr;
 }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace kvstash {
 namespace {
@@ -190,20 +191,131 @@ float dot_row(DType t, const void* row, const float* x, int64_t n) {
   return out;
 }
 
-void axpy_row(DType t, const void* row, float a, float* y, int64_t n) {
+template <DType W>
+void axpy_float(const void* row, float a, float* y, int64_t n) {
   const __m256 av = _mm256_set1_ps(a);
   const int64_t n8 = n & ~int64_t(7);
   int64_t i = 0;
-  if (t == DType::F16) {
-    for (; i < n8; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8<DType::F16>(row, i), _mm256_loadu_ps(y + i)));
-    for (; i < n; ++i) y[i] += a * load1<DType::F16>(row, i);
-  } else if (t == DType::BF16) {
-    for (; i < n8; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8<DType::BF16>(row, i), _mm256_loadu_ps(y + i)));
-    for (; i < n; ++i) y[i] += a * load1<DType::BF16>(row, i);
-  } else {
-    for (; i < n8; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8<DType::F32>(row, i), _mm256_loadu_ps(y + i)));
-    for (; i < n; ++i) y[i] += a * load1<DType::F32>(row, i);
+  for (; i < n8; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8<W>(row, i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * load1<W>(row, i);
+}
+
+// y[0..8) += ad * q[0..8) for 8 int8 values held in the low 8 bytes of q8.
+inline void axpy8_i8(__m256 ad, __m128i q8, float* y) {
+  const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+  _mm256_storeu_ps(y, _mm256_fmadd_ps(ad, q, _mm256_loadu_ps(y)));
+}
+
+// 32 int8 values (one block) scaled by ad into y[0..32).
+inline void axpy32_i8(__m256 ad, __m256i q, float* y) {
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  axpy8_i8(ad, lo, y);
+  axpy8_i8(ad, _mm_srli_si128(lo, 8), y + 8);
+  axpy8_i8(ad, hi, y + 16);
+  axpy8_i8(ad, _mm_srli_si128(hi, 8), y + 24);
+}
+
+void axpy_row(DType t, const void* row, float a, float* y, int64_t n) {
+  switch (t) {
+    case DType::F32: axpy_float<DType::F32>(row, a, y, n); return;
+    case DType::F16: axpy_float<DType::F16>(row, a, y, n); return;
+    case DType::BF16: axpy_float<DType::BF16>(row, a, y, n); return;
+    case DType::Q8_0: {
+      const auto* b = static_cast<const BlockQ8_0*>(row);
+      for (int64_t ib = 0; ib < n / kQK8_0; ++ib)
+        axpy32_i8(_mm256_set1_ps(a * h2f(b[ib].d)), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[ib].qs)), y + ib * kQK8_0);
+      return;
+    }
+    case DType::Q4_0: {
+      const auto* b = static_cast<const BlockQ4_0*>(row);
+      for (int64_t ib = 0; ib < n / kQK4_0; ++ib) axpy32_i8(_mm256_set1_ps(a * h2f(b[ib].d)), q4_unpack(b[ib].qs), y + ib * kQK4_0);
+      return;
+    }
+    case DType::Q8_KV: {
+      float d;
+      std::memcpy(&d, row, sizeof d);
+      const float ad = a * d;
+      const auto* q = reinterpret_cast<const int8_t*>(static_cast<const uint8_t*>(row) + kQ8KvHeaderBytes);
+      const __m256 adv = _mm256_set1_ps(ad);
+      int64_t i = 0;
+      for (; i + 8 <= n; i += 8) axpy8_i8(adv, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i)), y + i);
+      for (; i < n; ++i) y[i] += ad * static_cast<float>(q[i]);
+      return;
+    }
   }
+}
+
+// Exact int32 dot of two int8 vectors of n elements (|values| <= 127, so maddubs cannot saturate).
+inline int32_t dot_i8(const int8_t* x, const int8_t* y, int64_t n) {
+  __m256i acc = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+    const __m256i yv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + i));
+    const __m256i dot16 = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(yv, xv));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(dot16, _mm256_set1_epi16(1)));
+  }
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  int32_t r = _mm_cvtsi128_si32(s);
+  for (; i < n; ++i) r += static_cast<int32_t>(x[i]) * y[i];
+  return r;
+}
+
+float dot_row_q(DType t, const void* krow, const void* qrow, int64_t n) {
+  const auto* kb = static_cast<const uint8_t*>(krow);
+  const auto* qb = static_cast<const uint8_t*>(qrow);
+  float out = NAN;  // float rows use dot_row
+  switch (t) {
+    case DType::Q8_0: tile_quant<false, 1, 1>(kb, 0, qb, 0, n / kQK8_0, &out, 0); break;
+    case DType::Q4_0: tile_quant<true, 1, 1>(kb, 0, qb, 0, n / kQK4_0, &out, 0); break;
+    case DType::Q8_KV: {
+      float dk, dq;
+      std::memcpy(&dk, kb, sizeof dk);
+      std::memcpy(&dq, qb, sizeof dq);
+      const int32_t s = dot_i8(reinterpret_cast<const int8_t*>(kb + kQ8KvHeaderBytes), reinterpret_cast<const int8_t*>(qb + kQ8KvHeaderBytes), n);
+      out = static_cast<float>(s) * (dk * dq);  // exact integer sum: bit-identical to the scalar kernel
+      break;
+    }
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16: break;
+  }
+  return out;
+}
+
+// One Q8_KV row: d = amax / 127, q = x * (1 / d) rounded to nearest even (like quantize_q8_0 here;
+// the reference rounds halves away from zero, so single values may differ by 1).
+void quantize_q8_kv(const float* x, void* yv, int64_t n) {
+  auto* y = static_cast<uint8_t*>(yv);
+  const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+  __m256 amax8 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) amax8 = _mm256_max_ps(amax8, _mm256_andnot_ps(sign_mask, _mm256_loadu_ps(x + i)));
+  __m128 m = _mm_max_ps(_mm256_extractf128_ps(amax8, 1), _mm256_castps256_ps128(amax8));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  float amax = _mm_cvtss_f32(m);
+  for (; i < n; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  std::memcpy(y, &d, sizeof d);
+  auto* q = reinterpret_cast<int8_t*>(y + kQ8KvHeaderBytes);
+  const __m256 mul = _mm256_set1_ps(id), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i v[4];
+    for (int j = 0; j < 4; ++j) {
+      // Clamped to [-127, 127] before conversion (as the reference): dot_i8 relies on it.
+      const __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+    }
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), p);
+  }
+  for (; i < n; ++i) q[i] = static_cast<int8_t>(std::fmax(-127.0f, std::fmin(127.0f, std::nearbyint(x[i] * id))));
 }
 
 void store_row(DType t, const float* x, void* row, int64_t n) {
@@ -220,7 +332,7 @@ void store_row(DType t, const float* x, void* row, int64_t n) {
 
 const KernelSet kAvx2 = {
     "avx2", gemm<KindF<DType::F32>>, gemm<KindF<DType::F16>>, gemm<KindF<DType::BF16>>, gemm<KindQ8>, gemm<KindQ4>,
-    quantize_q8_0, dot_row, axpy_row, store_row,
+    quantize_q8_0, dot_row, axpy_row, store_row, quantize_q8_kv, dot_row_q,
 };
 
 }  // namespace

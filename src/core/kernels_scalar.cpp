@@ -70,6 +70,7 @@ void gemm_q4_0(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, flo
 }
 
 void quantize_q8_0(const float* x, void* y, int64_t n) { quantize_row_ref(DType::Q8_0, x, y, n); }
+void quantize_q8_kv(const float* x, void* y, int64_t n) { quantize_row_ref(DType::Q8_KV, x, y, n); }
 
 float dot_row(DType t, const void* row, const float* x, int64_t n) {
   float acc = 0.0f;
@@ -77,21 +78,99 @@ float dot_row(DType t, const void* row, const float* x, int64_t n) {
   return acc;
 }
 
+// Quantized rows: each block (or the whole Q8_KV row) contributes (a * d) * q, so the scale is
+// applied once per block, exactly as the SIMD kernels do.
 void axpy_row(DType t, const void* row, float a, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * load_elem(t, row, i);
+  switch (t) {
+    case DType::Q8_0: {
+      const auto* b = static_cast<const BlockQ8_0*>(row);
+      for (int64_t ib = 0; ib < n / kQK8_0; ++ib) {
+        const float ad = a * fp16_to_fp32(b[ib].d);
+        for (int j = 0; j < kQK8_0; ++j) y[ib * kQK8_0 + j] += ad * static_cast<float>(b[ib].qs[j]);
+      }
+      return;
+    }
+    case DType::Q4_0: {
+      const auto* b = static_cast<const BlockQ4_0*>(row);
+      for (int64_t ib = 0; ib < n / kQK4_0; ++ib) {
+        const float ad = a * fp16_to_fp32(b[ib].d);
+        for (int j = 0; j < kQK4_0 / 2; ++j) {
+          y[ib * kQK4_0 + j] += ad * static_cast<float>((b[ib].qs[j] & 0x0f) - 8);
+          y[ib * kQK4_0 + j + kQK4_0 / 2] += ad * static_cast<float>((b[ib].qs[j] >> 4) - 8);
+        }
+      }
+      return;
+    }
+    case DType::Q8_KV: {
+      float d;
+      std::memcpy(&d, row, sizeof d);
+      const float ad = a * d;
+      const auto* q = reinterpret_cast<const int8_t*>(static_cast<const uint8_t*>(row) + kQ8KvHeaderBytes);
+      for (int64_t i = 0; i < n; ++i) y[i] += ad * static_cast<float>(q[i]);
+      return;
+    }
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) y[i] += a * load_elem(t, row, i);
+      return;
+  }
 }
 
 void store_row(DType t, const float* x, void* row, int64_t n) { quantize_row_ref(t, x, row, n); }
 
+float dot_row_q(DType t, const void* krow, const void* qrow, int64_t n) {
+  switch (t) {
+    case DType::Q8_0: {
+      const MatRef w{DType::Q8_0, static_cast<const uint8_t*>(krow), 1, n, 0};
+      float y;
+      gemm_q8_0(w, static_cast<const uint8_t*>(qrow), 0, 1, &y, 1, 0, 1);
+      return y;
+    }
+    case DType::Q4_0: {
+      const MatRef w{DType::Q4_0, static_cast<const uint8_t*>(krow), 1, n, 0};
+      float y;
+      gemm_q4_0(w, static_cast<const uint8_t*>(qrow), 0, 1, &y, 1, 0, 1);
+      return y;
+    }
+    case DType::Q8_KV: {
+      float dk, dq;
+      std::memcpy(&dk, krow, sizeof dk);
+      std::memcpy(&dq, qrow, sizeof dq);
+      const auto* k = reinterpret_cast<const int8_t*>(static_cast<const uint8_t*>(krow) + kQ8KvHeaderBytes);
+      const auto* q = reinterpret_cast<const int8_t*>(static_cast<const uint8_t*>(qrow) + kQ8KvHeaderBytes);
+      int32_t s = 0;
+      for (int64_t i = 0; i < n; ++i) s += static_cast<int32_t>(k[i]) * q[i];
+      return static_cast<float>(s) * (dk * dq);
+    }
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16: break;
+  }
+  return NAN;  // float rows use dot_row
+}
+
 const KernelSet kScalar = {
     "scalar", gemm_float<DType::F32>, gemm_float<DType::F16>, gemm_float<DType::BF16>, gemm_q8_0, gemm_q4_0,
-    quantize_q8_0, dot_row, axpy_row, store_row,
+    quantize_q8_0, dot_row, axpy_row, store_row, quantize_q8_kv, dot_row_q,
 };
 
 }  // namespace
 
 DType act_type_for(DType weight) {
   return (weight == DType::Q8_0 || weight == DType::Q4_0) ? DType::Q8_0 : DType::F32;
+}
+
+DType vec_dot_type(DType t) {
+  switch (t) {
+    case DType::Q8_0:
+    case DType::Q4_0: return DType::Q8_0;
+    case DType::Q8_KV: return DType::Q8_KV;
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16: return DType::F32;
+  }
+  return DType::F32;
 }
 
 const KernelSet& scalar_kernels() { return kScalar; }

@@ -22,9 +22,15 @@ Acts prepare_acts(ThreadPool& pool, const KernelSet& k, DType act, const float* 
 
 void matmul(ThreadPool& pool, const KernelSet& k, const Acts& acts, std::initializer_list<MatOut> outs) {
   constexpr int64_t kGrain = 16;  // rows per unit of work; a multiple of every tile height
-  int64_t total = 0;
-  for (const auto& o : outs) total += (o.w->n_rows + kGrain - 1) / kGrain;
-  pool.run([&](int ith, int nth) {
+  // Below this many multiply-adds a dispatch costs more than it saves: run on the caller alone.
+  // (The split is over rows only, so the result is the same either way.)
+  constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
+  int64_t total = 0, macs = 0;
+  for (const auto& o : outs) {
+    total += (o.w->n_rows + kGrain - 1) / kGrain;
+    macs += o.w->n_rows * o.w->n_cols * acts.n_tok;
+  }
+  auto job = [&](int ith, int nth) {
     int64_t u0, u1;
     split_range(total, ith, nth, 1, &u0, &u1);
     int64_t base = 0;
@@ -37,7 +43,9 @@ void matmul(ThreadPool& pool, const KernelSet& k, const Acts& acts, std::initial
       }
       base += units;
     }
-  });
+  };
+  if (macs < kMinParallelMacs) job(0, 1);
+  else pool.run(job);
 }
 
 }  // namespace kvstash

@@ -1,6 +1,7 @@
 #include "engine/context.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace kvstash {
 
@@ -57,7 +58,7 @@ Status Context::decode(const Batch& b) {
   const size_t need = size_t(std::max(n_out, 1)) * model_.hparams().n_vocab;
   if (logits_.size() < need) logits_.resize(need);  // grows only when more outputs are asked for
   KV_RETURN_IF_ERROR(cache_->find_free(uint32_t(n), cells_.data()));
-  for (int32_t i = 0; i < n; ++i) cache_->cell_assign(cells_[i], b.pos[i], b.seq[i]);
+  for (int32_t i = 0; i < n; ++i) cache_->cell_assign(cells_[i], b.pos[i], b.seq[i], b.tokens[i]);
 
   int32_t out_base = 0;
   for (int32_t i0 = 0; i0 < n; i0 += params_.n_ubatch) {
@@ -79,6 +80,18 @@ Result<const float*> Context::eval(SeqId seq, const int32_t* tokens, int32_t n, 
     KV_RETURN_IF_ERROR(decode(eval_batch_));
   }
   return logits(0);
+}
+
+Status Context::seq_add(SeqId seq, int32_t p0, int32_t p1, int32_t delta) {
+  if (!valid_seq_id(seq))
+    return invalid_argument("seq_add: sequence id " + std::to_string(seq) + ", expected 0.." + std::to_string(KvCache::kMaxSeqs - 1));
+  if (delta > 0 && int64_t(cache_->seq_pos_max(seq)) + delta > std::numeric_limits<int32_t>::max())
+    return invalid_argument("seq_add: shifting sequence " + std::to_string(seq) + " by " + std::to_string(delta) +
+                            " moves position " + std::to_string(cache_->seq_pos_max(seq)) + " beyond " +
+                            std::to_string(std::numeric_limits<int32_t>::max()));
+  cache_->seq_add(seq, p0, p1, delta);
+  apply_k_shift(model_, *cache_, pool_, kernels_, scratch_);
+  return Status::ok();
 }
 
 }  // namespace kvstash

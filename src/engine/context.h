@@ -63,6 +63,13 @@ class Context {
   // token's logits (valid until the next decode).
   Result<const float*> eval(SeqId seq, const int32_t* tokens, int32_t n, int32_t pos0);
 
+  // Moves seq's cells with p0 <= pos < p1 (p0 < 0: 0, p1 < 0: +inf) by delta positions and
+  // rotates their K rows to match at once (KvCache::seq_add, then apply_k_shift), so the next
+  // decode sees a consistent cache. Cells moved below position 0 are freed; a cell shared with
+  // other sequences moves for all of them (llama.cpp's rule). InvalidArgument, with nothing
+  // changed, for a bad sequence id or a new position beyond INT32_MAX.
+  Status seq_add(SeqId seq, int32_t p0, int32_t p1, int32_t delta);
+
  private:
   Context(const Model& m, const ContextParams& p, KvLayout layout);
   Status validate(const Batch& b) const;

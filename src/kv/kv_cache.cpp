@@ -19,13 +19,20 @@ KvCache::KvCache(KvLayout layout) : layout_(std::move(layout)) {
     }
   }
   pos_.assign(n, -1);
+  tok_.assign(n, -1);
   seqs_.assign(n, 0);
 }
 
-void KvCache::cell_assign(uint32_t c, int32_t pos, SeqId seq) {
-  assert(c < n_cells() && seqs_[c] == 0 && valid_seq_id(seq));
+void KvCache::cell_assign(uint32_t c, int32_t pos, SeqId seq, int32_t token) {
+  assert(valid_seq_id(seq));
+  cell_assign_seqs(c, pos, uint64_t(1) << seq, token);
+}
+
+void KvCache::cell_assign_seqs(uint32_t c, int32_t pos, uint64_t seqs, int32_t token) {
+  assert(c < n_cells() && seqs_[c] == 0 && seqs != 0);
   pos_[c] = pos;
-  seqs_[c] = uint64_t(1) << seq;
+  tok_[c] = token;
+  seqs_[c] = seqs;
   ++n_used_;
 }
 
@@ -111,6 +118,34 @@ void KvCache::seq_cells_sorted(SeqId seq, std::vector<uint32_t>* cells) const {
   for (uint32_t c = 0; c < n_cells(); ++c)
     if (cell_has_seq(c, seq)) cells->push_back(c);
   std::sort(cells->begin(), cells->end(), [this](uint32_t a, uint32_t b) { return pos_[a] < pos_[b]; });
+}
+
+// ---- position shifts (seq_add) ----
+
+void KvCache::seq_add(SeqId seq, int32_t p0, int32_t p1, int32_t delta) {
+  assert(valid_seq_id(seq));
+  if (p0 < 0) p0 = 0;
+  if (p1 < 0) p1 = std::numeric_limits<int32_t>::max();
+  if (delta == 0 || p0 >= p1) return;
+  if (shift_.empty()) shift_.assign(n_cells(), 0);
+  for (uint32_t c = 0; c < n_cells(); ++c) {
+    if (!cell_has_seq(c, seq) || pos_[c] < p0 || pos_[c] >= p1) continue;
+    const int64_t np = int64_t(pos_[c]) + delta;
+    assert(np <= std::numeric_limits<int32_t>::max());
+    if (np < 0) {  // shifted out of the window: the cell is freed for every sequence (llama.cpp)
+      drop_seq_from_cell(c, -1);
+      shift_[c] = 0;
+      continue;
+    }
+    pos_[c] = static_cast<int32_t>(np);
+    shift_[c] += delta;
+    has_shift_ = true;
+  }
+}
+
+void KvCache::shift_clear() {
+  std::fill(shift_.begin(), shift_.end(), 0);
+  has_shift_ = false;
 }
 
 }  // namespace kvstash

@@ -1,5 +1,9 @@
 #include "kv/kv_layout.h"
 
+#include <cstdint>
+
+#include "core/checked_math.h"
+
 namespace kvstash {
 
 const char* kv_stream_name(KvStream s) {
@@ -9,6 +13,28 @@ const char* kv_stream_name(KvStream s) {
     case KvStream::MlaLatent: return "latent";
   }
   return "?";
+}
+
+const char* kv_scale_layout_name(KvScaleLayout s) {
+  switch (s) {
+    case KvScaleLayout::None: return "none";
+    case KvScaleLayout::PerBlock32: return "per-block32";
+    case KvScaleLayout::PerRow: return "per-row";
+  }
+  return "?";
+}
+
+KvScaleLayout kv_scale_layout_for(DType t) {
+  static_assert(kQK8_0 == 32 && kQK4_0 == 32, "KvScaleLayout::PerBlock32 names the q8_0/q4_0 block size");
+  switch (t) {
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16: return KvScaleLayout::None;
+    case DType::Q8_0:
+    case DType::Q4_0: return KvScaleLayout::PerBlock32;
+    case DType::Q8_KV: return KvScaleLayout::PerRow;
+  }
+  return KvScaleLayout::None;
 }
 
 std::string KvLayout::make(uint32_t n_cells, const std::vector<std::vector<StreamRequest>>& layers, KvLayout* out) {
@@ -29,8 +55,15 @@ std::string KvLayout::make(uint32_t n_cells, const std::vector<std::vector<Strea
       s.dtype = rq.dtype;
       s.elems_per_row = rq.elems_per_row;
       s.n_groups = rq.n_groups;
-      s.row_bytes = dtype_row_bytes(rq.dtype, rq.elems_per_row);
-      l.cell_bytes_ += s.row_bytes;
+      s.scale_layout = kv_scale_layout_for(rq.dtype);
+      s.group_bytes = dtype_row_bytes(rq.dtype, group);
+      uint64_t row_bytes, cell_bytes, total_bytes;
+      if (!checked_mul(rq.n_groups, s.group_bytes, &row_bytes) || !checked_add(l.cell_bytes_, row_bytes, &cell_bytes) ||
+          !checked_mul(cell_bytes, n_cells, &total_bytes) || total_bytes > SIZE_MAX)
+        return "layer " + std::to_string(il) + " " + kv_stream_name(rq.stream) + ": cache size of " + std::to_string(n_cells) +
+               " cells overflows";
+      s.row_bytes = static_cast<size_t>(row_bytes);
+      l.cell_bytes_ = static_cast<size_t>(cell_bytes);
       ll.streams.push_back(s);
     }
     l.layers_.push_back(std::move(ll));
@@ -50,7 +83,9 @@ std::string KvLayout::describe() const {
   std::string out = std::to_string(n_cells_) + " cells, " + std::to_string(layers_.size()) + " layers";
   if (!layers_.empty()) {
     for (const auto& s : layers_[0].streams)
-      out += std::string(", ") + kv_stream_name(s.stream) + " " + dtype_name(s.dtype) + "[" + std::to_string(s.elems_per_row) + "]";
+      out += std::string(", ") + kv_stream_name(s.stream) + " " + dtype_name(s.dtype) + "[" + std::to_string(s.n_groups) + " x " +
+             std::to_string(s.group_elems()) + "] " + std::to_string(s.row_bytes) + " B" +
+             (s.scale_layout == KvScaleLayout::None ? "" : std::string(" scales ") + kv_scale_layout_name(s.scale_layout));
   }
   return out;
 }

@@ -26,13 +26,30 @@ enum class KvRowOrder : uint8_t {
   Transposed = 1,  // element e of cell c at e * n_cells + c (reserved for attention paths that want it)
 };
 
+// Where a stream's quantization scales live inside a row. Derived from the dtype by KvLayout::make,
+// recorded so that readers of the buffer (attention, K-shift, state files) need not infer it.
+enum class KvScaleLayout : uint8_t {
+  None = 0,        // float types (f32, f16, bf16): no scales
+  PerBlock32 = 1,  // q8_0, q4_0: an fp16 scale in front of every 32 elements of a group
+  PerRow = 2,      // q8_KV: one float32 scale in front of every group (head row)
+};
+const char* kv_scale_layout_name(KvScaleLayout s);
+KvScaleLayout kv_scale_layout_for(DType t);
+
+// One token row = n_groups group (head) rows stored back to back; group g starts at
+// g * group_bytes. A group is one dtype row of elems_per_row / n_groups elements, so
+// row_bytes = n_groups * dtype_row_bytes(dtype, elems_per_row / n_groups).
 struct KvRowSpec {
   KvStream stream = KvStream::K;
   DType dtype = DType::F16;
   uint32_t elems_per_row = 0;  // elements of one token row
   uint32_t n_groups = 1;       // rows split into groups (heads) of elems_per_row / n_groups
   KvRowOrder order = KvRowOrder::PerToken;
-  size_t row_bytes = 0;  // computed once by KvLayout::make from dtype and elems_per_row
+  KvScaleLayout scale_layout = KvScaleLayout::None;  // derived from dtype by KvLayout::make
+  size_t group_bytes = 0;  // bytes of one group (head) row; computed once by KvLayout::make
+  size_t row_bytes = 0;    // n_groups * group_bytes; computed once by KvLayout::make
+
+  uint32_t group_elems() const { return elems_per_row / n_groups; }
 };
 
 struct KvLayerLayout {

@@ -115,9 +115,14 @@ Status Model::load_llama() {
 }
 
 Result<KvLayout> Model::kv_layout(uint32_t n_cells, DType type_k, DType type_v) const {
-  for (DType t : {type_k, type_v})
-    if (t != DType::F32 && t != DType::F16 && t != DType::BF16)
-      return unsupported(std::string("kv: cache type ") + dtype_name(t) + " is not supported by the llama attention path yet (f32, f16, bf16)");
+  // Every cache type the attention path reads: float rows (dot_row / axpy_row), block-quantized
+  // rows (q8_0, q4_0: one head row = head_dim / 32 blocks) and q8_KV (one scale per head row).
+  for (auto [t, name] : {std::pair{type_k, "K"}, std::pair{type_v, "V"}}) {
+    const DTypeTraits& tr = dtype_traits(t);
+    if (hp_.head_dim % tr.block_elems != 0)
+      return invalid_argument(std::string("kv: ") + name + " cache type " + tr.name + " cannot store this model's heads: head dim " +
+                              std::to_string(hp_.head_dim) + " is not a multiple of the " + tr.name + " block size " + std::to_string(tr.block_elems));
+  }
   std::vector<std::vector<KvLayout::StreamRequest>> layers(hp_.n_layer);
   for (auto& l : layers) {
     l.push_back({KvStream::K, type_k, hp_.n_head_kv * hp_.head_dim, hp_.n_head_kv});
@@ -187,7 +192,16 @@ void forward_scratch_init(const Model& model, int32_t n_ub, uint32_t n_cells, in
   const size_t max_cols_q8 = (max_cols + kQK8_0 - 1) / kQK8_0 * kQK8_0;
   s->acts.assign(size_t(n_ub) * dtype_row_bytes(DType::Q8_0, max_cols_q8), 0);
   s->rope_cs.assign(size_t(n_ub) * hp.n_rot, 0.0f);
-  s->scores.assign(size_t(std::max(1, n_threads)) * n_cells, 0.0f);
+  const size_t nth = size_t(std::max(1, n_threads));
+  s->scores.assign(nth * n_cells, 0.0f);
+  // A query head row as Q8_0 blocks (head_dim a multiple of 32 whenever K is q8_0/q4_0) or as one
+  // q8_KV row; stride rounded up to 64 bytes so threads do not share cache lines.
+  const size_t hd32 = (size_t(hp.head_dim) + kQK8_0 - 1) / kQK8_0 * kQK8_0;
+  const size_t q_dot_bytes = std::max(dtype_row_bytes(DType::Q8_0, hd32), dtype_row_bytes(DType::Q8_KV, hp.head_dim));
+  s->q_dot_stride = (q_dot_bytes + 63) / 64 * 64;
+  s->q_dot.assign(nth * s->q_dot_stride, 0);
+  s->kshift.assign(nth * (size_t(hp.head_dim) + hp.n_rot), 0.0f);
+  s->shift_cells.reserve(n_cells);
   s->seq_cells.resize(KvCache::kMaxSeqs);
   s->seq_pos.resize(KvCache::kMaxSeqs);
   for (auto& v : s->seq_cells) v.reserve(n_cells);
@@ -235,16 +249,23 @@ void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelS
       const float* cs = s.rope_cs.data() + size_t(i) * hp.n_rot;
       rope_apply(s.q.data() + size_t(i) * n_q, n_head, hd, hp.n_rot, cs);
       rope_apply(s.k.data() + size_t(i) * n_kv, n_head_kv, hd, hp.n_rot, cs);
-      k.store_row(ks.dtype, s.k.data() + size_t(i) * n_kv, cache.row(il, 0, ub.cells[i]), n_kv);
-      k.store_row(vs.dtype, s.v.data() + size_t(i) * n_kv, cache.row(il, 1, ub.cells[i]), n_kv);
+      // One head row at a time: a q8_KV row holds one head, with its own scale.
+      uint8_t* krow = cache.row(il, 0, ub.cells[i]);
+      uint8_t* vrow = cache.row(il, 1, ub.cells[i]);
+      for (int32_t g = 0; g < n_head_kv; ++g) {
+        k.store_row(ks.dtype, s.k.data() + size_t(i) * n_kv + size_t(g) * hd, krow + g * ks.group_bytes, hd);
+        k.store_row(vs.dtype, s.v.data() + size_t(i) * n_kv + size_t(g) * hd, vrow + g * vs.group_bytes, hd);
+      }
     }
 
-    const size_t k_group_bytes = ks.row_bytes / ks.n_groups, v_group_bytes = vs.row_bytes / vs.n_groups;
+    const size_t k_group_bytes = ks.group_bytes, v_group_bytes = vs.group_bytes;
+    const DType q_dot_type = vec_dot_type(ks.dtype);
     const int32_t gqa = n_head / n_head_kv;
     pool.run([&](int ith, int nth) {
       int64_t p0, p1;
       split_range(int64_t(n) * n_head, ith, nth, 1, &p0, &p1);
       float* sc = s.scores.data() + size_t(ith) * cache.n_cells();
+      uint8_t* qconv = s.q_dot.data() + size_t(ith) * s.q_dot_stride;
       for (int64_t p = p0; p < p1; ++p) {
         const int32_t i = static_cast<int32_t>(p / n_head), h = static_cast<int32_t>(p % n_head), kvh = h / gqa;
         const float* qh = s.q.data() + size_t(i) * n_q + size_t(h) * hd;
@@ -252,9 +273,20 @@ void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelS
         const auto& pos = s.seq_pos[ub.seq[i]];
         const size_t n_vis = static_cast<size_t>(std::upper_bound(pos.begin(), pos.end(), ub.pos[i]) - pos.begin());
         float mx = -INFINITY;
-        for (size_t j = 0; j < n_vis; ++j) {
-          sc[j] = k.dot_row(ks.dtype, cache.row(il, 0, cells[j]) + kvh * k_group_bytes, qh, hd) * scale;
-          mx = std::max(mx, sc[j]);
+        if (q_dot_type == DType::F32) {
+          for (size_t j = 0; j < n_vis; ++j) {
+            sc[j] = k.dot_row(ks.dtype, cache.row(il, 0, cells[j]) + kvh * k_group_bytes, qh, hd) * scale;
+            mx = std::max(mx, sc[j]);
+          }
+        } else {
+          // Quantized K: this (token, head)'s query is converted once, by itself, so the result
+          // does not depend on the batch; then one integer dot per visible cell.
+          if (q_dot_type == DType::Q8_KV) k.quantize_row_q8_kv(qh, qconv, hd);
+          else k.quantize_row_q8_0(qh, qconv, hd);
+          for (size_t j = 0; j < n_vis; ++j) {
+            sc[j] = k.dot_row_q(ks.dtype, cache.row(il, 0, cells[j]) + kvh * k_group_bytes, qconv, hd) * scale;
+            mx = std::max(mx, sc[j]);
+          }
         }
         double sum = 0.0;
         for (size_t j = 0; j < n_vis; ++j) {
@@ -294,6 +326,38 @@ void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelS
   const MatRef& out = model.output();
   Acts a = prepare_acts(pool, k, act_type_for(out.type), s.xn.data(), n_out, n_embd, s.acts.data());
   matmul(pool, k, a, {{&out, logits, static_cast<int64_t>(hp.n_vocab)}});
+}
+
+// ------------------------------------------------------------------ K-shift
+
+void apply_k_shift(const Model& model, KvCache& cache, ThreadPool& pool, const KernelSet& k, ForwardScratch& s) {
+  if (!cache.has_shift()) return;
+  const Hparams& hp = model.hparams();
+  const int32_t hd = hp.head_dim, n_rot = hp.n_rot, n_head_kv = hp.n_head_kv;
+  s.shift_cells.clear();
+  for (uint32_t c = 0; c < cache.n_cells(); ++c)
+    if (!cache.cell_empty(c) && cache.cell_shift(c) != 0) s.shift_cells.push_back(c);
+  pool.run([&](int ith, int nth) {
+    int64_t c0, c1;
+    split_range(int64_t(s.shift_cells.size()), ith, nth, 1, &c0, &c1);
+    float* row = s.kshift.data() + size_t(ith) * (hd + n_rot);  // [head_dim] then [n_rot] cos/sin
+    float* cs = row + hd;
+    for (int64_t j = c0; j < c1; ++j) {
+      const uint32_t c = s.shift_cells[j];
+      rope_table(cache.cell_shift(c), n_rot, hp.rope_freq_base, cs);
+      for (uint32_t il = 0; il < hp.n_layer; ++il) {
+        const KvRowSpec& ks = cache.layout().layer(il).streams[0];
+        uint8_t* krow = cache.row(il, 0, c);
+        for (int32_t g = 0; g < n_head_kv; ++g) {
+          uint8_t* head = krow + g * ks.group_bytes;
+          dequantize_row_ref(ks.dtype, head, row, hd);
+          rope_apply(row, 1, hd, n_rot, cs);
+          k.store_row(ks.dtype, row, head, hd);
+        }
+      }
+    }
+  });
+  cache.shift_clear();
 }
 
 }  // namespace kvstash

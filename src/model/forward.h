@@ -31,6 +31,13 @@ struct ForwardScratch {
   std::vector<uint8_t> acts;                                  // quantized activations
   std::vector<float> rope_cs;                                 // [n_ub, n_rot] cos/sin pairs
   std::vector<float> scores;                                  // [n_threads, n_cells]
+  // Query head rows converted to the K row's vec_dot_type (quantized K caches only):
+  // [n_threads, q_dot_stride] bytes, one (token, head) at a time per thread.
+  std::vector<uint8_t> q_dot;
+  size_t q_dot_stride = 0;
+  // K-shift: per thread one head row [head_dim] and its rope table [n_rot]: [n_threads, head_dim + n_rot].
+  std::vector<float> kshift;
+  std::vector<uint32_t> shift_cells;                          // [n_cells] cells with a pending shift
   std::vector<std::vector<uint32_t>> seq_cells;               // [kMaxSeqs] cells sorted by pos
   std::vector<std::vector<int32_t>> seq_pos;                  // [kMaxSeqs] their positions
   std::vector<int32_t> out_rows;                              // rows that want logits
@@ -43,5 +50,13 @@ void forward_scratch_init(const Model& model, int32_t n_ub, uint32_t n_cells, in
 // logits [n_out, n_vocab]. Validation of token ids, positions and cells is the caller's.
 void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelSet& k, ForwardScratch& s,
              const UBatch& ub, float* logits);
+
+// K-shift: rotates the K rows of every non-empty cell with a pending shift (KvCache::seq_add) by
+// cache.cell_shift(c) positions, then clears the pending shifts. RoPE rotations compose, so a row
+// rotated at position p and then by delta equals (up to rounding) a row rotated at p + delta.
+// Rows of every K type are dequantized, rotated in f32 and stored again with store_row (quantized
+// types are requantized, which adds one more rounding). V rows are position-free and untouched.
+// Cells are independent, so the result does not depend on the thread count.
+void apply_k_shift(const Model& model, KvCache& cache, ThreadPool& pool, const KernelSet& k, ForwardScratch& s);
 
 }  // namespace kvstash

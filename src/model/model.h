@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "gguf/gguf_reader.h"
 #include "kv/kv_layout.h"
 #include "model/vocab.h"
+#include "state/state.h"
 
 namespace kvstash {
 
@@ -59,6 +61,11 @@ class Model {
   // The only place a cache row size is derived from hyperparameters.
   Result<KvLayout> kv_layout(uint32_t n_cells, DType type_k, DType type_v) const;
 
+  // Identity for state files: hashes of hyperparameters, tokenizer, tensor directory and weights.
+  // The weights hash reads every tensor once, on first call; later calls return the cached value.
+  // Thread-safe.
+  const ModelFingerprint& fingerprint() const;
+
   // Weight bytes read per decoded token (all matrices once + one embedding row).
   uint64_t weight_bytes_per_token() const;
   uint64_t n_params() const;
@@ -82,6 +89,8 @@ class Model {
   MatRef tok_embd_, output_;
   const float* output_norm_ = nullptr;
   std::vector<LlamaLayer> layers_;
+  mutable std::once_flag fp_once_;
+  mutable ModelFingerprint fp_;
 };
 
 }  // namespace kvstash

@@ -81,6 +81,8 @@ Status model_gen_write(const ModelGenSpec& spec, const std::string& path) {
   if (spec.arch != "llama") return unsupported("mkmodel: architecture '" + spec.arch + "' is not supported (llama)");
   if (spec.n_head == 0 || spec.n_head_kv == 0 || spec.n_head % spec.n_head_kv != 0 || spec.n_embd % spec.n_head != 0)
     return invalid_argument("mkmodel: n_embd must be a multiple of n_head, and n_head of n_head_kv");
+  if (!dtype_traits(spec.type).gguf_ok)
+    return invalid_argument(std::string("mkmodel: ") + dtype_name(spec.type) + " is a cache-only type, not a weight type (f32, f16, bf16, q8_0, q4_0)");
   const uint32_t hd = spec.n_embd / spec.n_head;
   const uint32_t n_rot = spec.n_rot ? spec.n_rot : hd;
   const uint32_t blk = dtype_traits(spec.type).block_elems;

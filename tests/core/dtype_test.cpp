@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -124,6 +125,73 @@ TEST(DType, RoundTripErrorBounds) {
     const double bound = t == DType::F32 ? 0 : t == DType::F16 ? 5e-4 : t == DType::BF16 ? 4e-3 : t == DType::Q8_0 ? 1e-2 : 0.12;
     EXPECT_LE(rel, bound) << dtype_name(t);
   }
+}
+
+
+// q8_KV: an internal cache type, one float32 scale per row, never a GGUF tensor type.
+TEST(DType, Q8KvTraitsAndRowBytes) {
+  const DTypeTraits& tr = dtype_traits(DType::Q8_KV);
+  EXPECT_STREQ(tr.name, "q8_KV");
+  EXPECT_TRUE(tr.quantized);
+  EXPECT_FALSE(tr.gguf_ok);
+  EXPECT_GE(static_cast<uint32_t>(DType::Q8_KV), kFirstInternalTypeId);
+  // The GGUF reader's lookup refuses it; every ggml type kvstash reads stays accepted.
+  EXPECT_EQ(dtype_traits_by_id(static_cast<uint32_t>(DType::Q8_KV)), nullptr);
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
+    ASSERT_NE(dtype_traits_by_id(static_cast<uint32_t>(t)), nullptr) << dtype_name(t);
+    EXPECT_TRUE(dtype_traits(t).gguf_ok);
+    EXPECT_EQ(dtype_traits(t).row_header_bytes, 0u);
+  }
+  EXPECT_EQ(dtype_from_name("q8_KV"), DType::Q8_KV);
+  // 4-byte scale + one byte per element, for any element count.
+  for (uint64_t n : {1u, 8u, 33u, 64u, 128u}) EXPECT_EQ(dtype_row_bytes(DType::Q8_KV, n), 4 + n) << n;
+  EXPECT_FALSE(dtype_row_bytes_checked(DType::Q8_KV, UINT64_MAX - 2).has_value());  // overflow with the header
+}
+
+TEST(DType, Q8KvRowFormat) {
+  float x[40];
+  for (int i = 0; i < 40; ++i) x[i] = (i - 20) * 0.25f;  // amax = 5 at i = 0
+  std::vector<uint8_t> row(dtype_row_bytes(DType::Q8_KV, 40));
+  quantize_row_ref(DType::Q8_KV, x, row.data(), 40);
+  float d;
+  std::memcpy(&d, row.data(), 4);
+  EXPECT_EQ(d, 5.0f / 127.0f);  // float32 scale, not rounded to fp16
+  const auto* q = reinterpret_cast<const int8_t*>(row.data() + 4);
+  EXPECT_EQ(q[0], -127);
+  EXPECT_EQ(q[20], 0);
+  EXPECT_EQ(q[39], static_cast<int8_t>(std::roundf(4.75f * (1.0f / d))));
+  float y[40];
+  dequantize_row_ref(DType::Q8_KV, row.data(), y, 40);
+  for (int i = 0; i < 40; ++i) {
+    EXPECT_EQ(y[i], q[i] * d);
+    EXPECT_NEAR(y[i], x[i], d / 2 + 1e-6f) << i;
+  }
+  // An all-zero row has scale 0 and zero values.
+  std::vector<float> z(16, 0.0f), zy(16, 1.0f);
+  std::vector<uint8_t> zrow(dtype_row_bytes(DType::Q8_KV, 16), 0xff);
+  quantize_row_ref(DType::Q8_KV, z.data(), zrow.data(), 16);
+  dequantize_row_ref(DType::Q8_KV, zrow.data(), zy.data(), 16);
+  for (float v : zy) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(DType, Q8KvRoundTripErrorPerHeadRow) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t n = 64;  // one head row
+  double err = 0, ref = 0;
+  std::vector<float> x(n), y(n);
+  std::vector<uint8_t> q(dtype_row_bytes(DType::Q8_KV, n));
+  for (int rep = 0; rep < 64; ++rep) {
+    for (auto& v : x) v = nd(rng);
+    quantize_row_ref(DType::Q8_KV, x.data(), q.data(), n);
+    dequantize_row_ref(DType::Q8_KV, q.data(), y.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      err += (x[i] - y[i]) * (x[i] - y[i]);
+      ref += x[i] * x[i];
+    }
+  }
+  // One scale per 64 values: about the q8_0 error (~0.5% relative RMS); bound 1e-2 like q8_0.
+  EXPECT_LE(std::sqrt(err / ref), 1e-2);
 }
 
 }  // namespace

@@ -165,6 +165,104 @@ TEST(Kernels, AttentionRowHelpers) {
   }
 }
 
+// Quantized KV cache rows (q8_0, q4_0, q8_KV): store_row, the fused dequantizing axpy, and the
+// integer dot with a converted query. Tolerances (inputs ~N(0,1), per element / per dot):
+//  - store_row: bit-identical to quantize_row_ref in both kernel sets;
+//  - axpy: |y - (y0 + a * deq)| <= 1e-6 (one rounding of a * d * q, plus FMA vs mul+add);
+//  - dot (q8_0, q4_0): |dot - exact| <= 4e-5 * sqrt(n) (float accumulation of per-block sums,
+//    as in the gemm test); q8_KV: the integer sum is exact, so SIMD == scalar bit for bit and
+//    |dot - exact| <= 1e-6 * |exact| + 1e-6 (one float multiply of the scales).
+TEST(Kernels, QuantizedCacheRowHelpers) {
+  const KernelSet* simd = avx2_kernels();
+  ASSERT_NE(simd, nullptr);
+  const KernelSet& sc = scalar_kernels();
+  std::mt19937 rng(13);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q8_KV}) {
+    const std::vector<int64_t> sizes = t == DType::Q8_KV ? std::vector<int64_t>{1, 8, 33, 64, 100, 256} : std::vector<int64_t>{32, 64, 128, 256};
+    const DType qt = vec_dot_type(t);
+    EXPECT_EQ(qt, t == DType::Q8_KV ? DType::Q8_KV : DType::Q8_0);
+    for (int64_t n : sizes) {
+      for (int rep = 0; rep < 8; ++rep) {
+        std::vector<float> src(n), q(n), deq(n), qdeq(n);
+        for (auto& v : src) v = nd(rng);
+        for (auto& v : q) v = nd(rng);
+        std::vector<uint8_t> row(dtype_row_bytes(t, n)), row_sc(row.size()), row_ref(row.size());
+        simd->store_row(t, src.data(), row.data(), n);
+        sc.store_row(t, src.data(), row_sc.data(), n);
+        quantize_row_ref(t, src.data(), row_ref.data(), n);
+        ASSERT_EQ(row, row_ref) << dtype_name(t) << " n " << n;
+        ASSERT_EQ(row_sc, row_ref) << dtype_name(t) << " n " << n;
+        dequantize_row_ref(t, row.data(), deq.data(), n);
+
+        // The query as the attention path converts it, once per kernel set.
+        std::vector<uint8_t> qs(dtype_row_bytes(qt, n)), qv(qs.size());
+        if (qt == DType::Q8_KV) {
+          simd->quantize_row_q8_kv(q.data(), qs.data(), n);
+          sc.quantize_row_q8_kv(q.data(), qv.data(), n);
+        } else {
+          simd->quantize_row_q8_0(q.data(), qs.data(), n);
+          sc.quantize_row_q8_0(q.data(), qv.data(), n);
+        }
+        for (const auto* qrow : {&qs, &qv}) {
+          dequantize_row_ref(qt, qrow->data(), qdeq.data(), n);
+          double exact = 0;
+          for (int64_t i = 0; i < n; ++i) exact += double(deq[i]) * qdeq[i];
+          const float ds = simd->dot_row_q(t, row.data(), qrow->data(), n);
+          const float dc = sc.dot_row_q(t, row.data(), qrow->data(), n);
+          if (t == DType::Q8_KV) {
+            EXPECT_EQ(ds, dc) << "n " << n;
+            EXPECT_NEAR(dc, exact, 1e-6 * std::fabs(exact) + 1e-6) << "n " << n;
+          } else {
+            EXPECT_NEAR(ds, exact, 4e-5 * std::sqrt(double(n))) << dtype_name(t) << " n " << n;
+            EXPECT_NEAR(dc, exact, 4e-5 * std::sqrt(double(n))) << dtype_name(t) << " n " << n;
+          }
+        }
+
+        std::vector<float> y1(n), y2(n), y0(n);
+        for (auto& v : y0) v = nd(rng);
+        y1 = y0;
+        y2 = y0;
+        const float a = 0.37f;
+        simd->axpy_row(t, row.data(), a, y1.data(), n);
+        sc.axpy_row(t, row.data(), a, y2.data(), n);
+        for (int64_t i = 0; i < n; ++i) {
+          const double want = double(y0[i]) + double(a) * deq[i];
+          EXPECT_NEAR(y1[i], want, 1e-6) << dtype_name(t) << " n " << n << " i " << i;
+          EXPECT_NEAR(y2[i], want, 1e-6) << dtype_name(t) << " n " << n << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+// The SIMD q8_KV query quantizer agrees with the reference: same scale, values at most 1 apart
+// (ties round to even in SIMD, away from zero in the reference).
+TEST(Kernels, SimdQ8KvQuantizationMatchesReference) {
+  const KernelSet* simd = avx2_kernels();
+  ASSERT_NE(simd, nullptr);
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (int64_t n : {1, 7, 32, 64, 65, 128, 300}) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = nd(rng);
+    std::vector<uint8_t> a(dtype_row_bytes(DType::Q8_KV, n)), b(a.size());
+    simd->quantize_row_q8_kv(x.data(), a.data(), n);
+    quantize_row_ref(DType::Q8_KV, x.data(), b.data(), n);
+    ASSERT_EQ(std::memcmp(a.data(), b.data(), 4), 0) << "scale, n " << n;
+    for (int64_t i = 0; i < n; ++i) {
+      const int qa = static_cast<int8_t>(a[4 + i]), qb = static_cast<int8_t>(b[4 + i]);
+      EXPECT_LE(std::abs(qa - qb), 1) << "n " << n << " i " << i;
+      EXPECT_LE(std::abs(qa), 127);
+    }
+  }
+  // All zeros: scale 0, values 0.
+  std::vector<float> z(64, 0.0f);
+  std::vector<uint8_t> zq(dtype_row_bytes(DType::Q8_KV, 64), 0xff);
+  simd->quantize_row_q8_kv(z.data(), zq.data(), 64);
+  for (uint8_t v : zq) EXPECT_EQ(v, 0);
+}
+
 TEST(ThreadPool, RunsEveryThreadOnceAndSplitsRanges) {
   for (int n : {1, 2, 4}) {
     ThreadPool pool(n);

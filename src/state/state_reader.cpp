@@ -1,0 +1,502 @@
+// State reader (docs/state-format.md). Distrusts every byte: structure, sizes and checksums are
+// verified before use, and rows land only in free cells until the whole file checked out (§5).
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+
+#include "core/le.h"
+#include "state/state.h"
+#include "state/state_encoding.h"
+#include "state/state_format.h"
+
+namespace kvstash {
+namespace {
+
+using namespace statefmt;
+
+std::string tag_name(uint32_t tag) {
+  std::string s;
+  for (int i = 0; i < 4; ++i) {
+    const char c = static_cast<char>((tag >> (8 * i)) & 0xff);
+    s += (c >= 32 && c < 127) ? c : '?';
+  }
+  return s;
+}
+
+std::optional<DType> kv_dtype_from_id(uint32_t id) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q8_KV})
+    if (static_cast<uint32_t>(t) == id) return t;
+  return std::nullopt;
+}
+
+struct Frame {
+  uint32_t tag = 0, flags = 0;
+  uint64_t len = 0;
+  uint64_t off = 0;  // payload offset
+};
+
+// Where a KVDT section's rows go: rows [k0, k0 + n) of (layer, stream), bytes in `p`.
+using ApplyFn = std::function<void(uint32_t il, uint32_t si, uint32_t k0, uint32_t n, const uint8_t* p)>;
+
+class Reader {
+ public:
+  explicit Reader(ByteSource& src) : src_(src), st_(XXH3_createState()) {}
+  ~Reader() { XXH3_freeState(st_); }
+
+  // Reads and checks the header and the small sections (META, MODL, LAYT, CELL) into info.
+  Status read_prefix(StateInfo* info);
+  // Walks KVDT sections, optional sections and END from the end of the prefix; with `apply`,
+  // hands it every verified-or-not-yet chunk (the caller only writes free cells).
+  Status walk_rest(StateInfo* info, const ApplyFn& apply, std::vector<float>* logits);
+
+ private:
+  Status next_frame(Frame* f);
+  Status read_small(const Frame& f, std::vector<uint8_t>* payload);
+  Status check_trailer(const Frame& f, uint64_t digest);
+
+  ByteSource& src_;
+  XXH3_state_t* st_;
+  uint64_t pos_ = 0;
+  uint64_t prefix_end_ = 0;
+  uint32_t n_sections_ = 0;
+  uint32_t sections_seen_ = 0;
+  std::vector<uint8_t> chunk_;
+};
+
+Status Reader::next_frame(Frame* f) {
+  uint8_t b[kFrameBytes];
+  if (src_.size() - pos_ < kFrameBytes + kTrailerBytes)
+    return corruption("state: truncated: section " + std::to_string(sections_seen_) + " frame at byte " + std::to_string(pos_) +
+                      " runs past the end of the " + std::to_string(src_.size()) + "-byte file");
+  KV_RETURN_IF_ERROR(src_.read_at(pos_, b, sizeof b));
+  f->tag = load_le<uint32_t>(b);
+  f->flags = load_le<uint32_t>(b + 4);
+  f->len = load_le<uint64_t>(b + 8);
+  f->off = pos_ + kFrameBytes;
+  const std::string nm = "state: section " + std::to_string(sections_seen_) + " ('" + tag_name(f->tag) + "')";
+  if (f->flags & ~kFlagRequired) return corruption(nm + ": unknown flag bits " + std::to_string(f->flags));
+  if (f->len > src_.size() - f->off - kTrailerBytes)
+    return corruption(nm + ": payload of " + std::to_string(f->len) + " bytes runs past the end of the file (" +
+                      std::to_string(src_.size() - f->off - kTrailerBytes) + " left)");
+  if (++sections_seen_ > n_sections_)
+    return corruption(nm + ": more sections than the " + std::to_string(n_sections_) + " the header announces");
+  pos_ = f->off + f->len + kTrailerBytes;
+  return Status::ok();
+}
+
+Status Reader::check_trailer(const Frame& f, uint64_t digest) {
+  uint8_t t[kTrailerBytes];
+  KV_RETURN_IF_ERROR(src_.read_at(f.off + f.len, t, sizeof t));
+  const uint64_t want = load_le<uint64_t>(t);
+  if (want != digest)
+    return corruption("state: checksum mismatch in section " + std::to_string(sections_seen_ - 1) + " ('" + tag_name(f.tag) +
+                      "'): stored " + std::to_string(want) + ", computed " + std::to_string(digest));
+  return Status::ok();
+}
+
+Status Reader::read_small(const Frame& f, std::vector<uint8_t>* payload) {
+  payload->resize(f.len);
+  KV_RETURN_IF_ERROR(src_.read_at(f.off, payload->data(), f.len));
+  return check_trailer(f, XXH3_64bits(payload->data(), payload->size()));
+}
+
+Status expect_tag(const Frame& f, uint32_t tag) {
+  if (f.tag != tag)
+    return corruption("state: expected section '" + tag_name(tag) + "', found '" + tag_name(f.tag) + "'");
+  if (!(f.flags & kFlagRequired)) return corruption("state: section '" + tag_name(tag) + "' must be marked required");
+  return Status::ok();
+}
+
+Status Reader::read_prefix(StateInfo* info) {
+  // §2 header
+  uint8_t h[kHeaderBytes];
+  if (src_.size() < kHeaderBytes)
+    return corruption("state: truncated: file is " + std::to_string(src_.size()) + " bytes, the header alone is " + std::to_string(kHeaderBytes));
+  KV_RETURN_IF_ERROR(src_.read_at(0, h, sizeof h));
+  if (std::memcmp(h, kMagic, 8) != 0) return corruption("state: bad magic: not a kvstash state file");
+  info->major = load_le<uint16_t>(h + 8);
+  info->minor = load_le<uint16_t>(h + 10);
+  if (info->major != kMajor)
+    return unsupported("state: format version " + std::to_string(info->major) + "." + std::to_string(info->minor) +
+                       " is not supported (this build reads " + std::to_string(kMajor) + ".x)");
+  if (load_le<uint32_t>(h + 12) != kEndianMarker) return unsupported("state: endianness marker mismatch (file from a big-endian writer?)");
+  const uint32_t header_bytes = load_le<uint32_t>(h + 16);
+  if (header_bytes < kHeaderBytes || header_bytes > kMaxHeaderBytes)
+    return corruption("state: header size " + std::to_string(header_bytes) + ", expected " + std::to_string(kHeaderBytes) + ".." + std::to_string(kMaxHeaderBytes));
+  if (src_.size() < header_bytes) return corruption("state: truncated inside the header");
+  std::vector<uint8_t> hb(header_bytes);
+  KV_RETURN_IF_ERROR(src_.read_at(0, hb.data(), header_bytes));
+  const uint64_t stored = load_le<uint64_t>(hb.data() + 56);
+  store_le<uint64_t>(hb.data() + 56, 0);
+  if (XXH3_64bits(hb.data(), hb.size()) != stored) return corruption("state: header checksum mismatch");
+  const uint32_t kind = load_le<uint32_t>(h + 20);
+  if (kind != 1 && kind != 2) return corruption("state: unknown kind " + std::to_string(kind) + " (1 = sequence, 2 = context)");
+  info->kind = static_cast<StateKind>(kind);
+  info->file_bytes = load_le<uint64_t>(h + 24);
+  if (info->file_bytes != src_.size())
+    return corruption("state: truncated or extended: header says " + std::to_string(info->file_bytes) + " bytes, file has " + std::to_string(src_.size()));
+  n_sections_ = load_le<uint32_t>(h + 32);
+  if (n_sections_ < 6) return corruption("state: section count " + std::to_string(n_sections_) + ", expected at least 6");
+  if (load_le<uint32_t>(h + 36) != 0) return corruption("state: reserved header field is not 0");
+  for (int i = 40; i < 56; ++i)
+    if (h[i] != 0) return corruption("state: reserved header bytes are not 0");
+  pos_ = header_bytes;
+
+  std::vector<uint8_t> p;
+  Frame f;
+  // §4.1 META
+  KV_RETURN_IF_ERROR(next_frame(&f));
+  KV_RETURN_IF_ERROR(expect_tag(f, kTagMeta));
+  if (f.len > kMaxSmallSection) return corruption("state: META section of " + std::to_string(f.len) + " bytes is too large");
+  KV_RETURN_IF_ERROR(read_small(f, &p));
+  Dec m(p.data(), p.size());
+  info->created_ms = m.get<uint64_t>();
+  info->n_ctx = m.get<uint32_t>();
+  const uint32_t n_tokens = m.get<uint32_t>();
+  info->saved_seq = m.get<int32_t>();
+  info->n_logits = m.get<uint32_t>();
+  info->writer = m.str();
+  if (!m.ok()) return corruption("state: META section is truncated");
+  if (info->kind == StateKind::Sequence && !valid_seq_id(info->saved_seq))
+    return corruption("state: META saved sequence " + std::to_string(info->saved_seq) + " is out of range");
+  // §4.2 MODEL
+  KV_RETURN_IF_ERROR(next_frame(&f));
+  KV_RETURN_IF_ERROR(expect_tag(f, kTagModel));
+  if (f.len > kMaxSmallSection) return corruption("state: MODL section is too large");
+  KV_RETURN_IF_ERROR(read_small(f, &p));
+  Dec md(p.data(), p.size());
+  info->model.hparams_hash = md.get<uint64_t>();
+  info->model.tokenizer_hash = md.get<uint64_t>();
+  info->model.tensors_hash = md.get<uint64_t>();
+  info->model.weights_hash = md.get<uint64_t>();
+  info->model.n_vocab = md.get<uint32_t>();
+  info->model.arch = md.str();
+  info->model.name = md.str();
+  if (!md.ok()) return corruption("state: MODL section is truncated");
+  if (info->n_logits != 0 && info->n_logits != info->model.n_vocab)
+    return corruption("state: META n_logits " + std::to_string(info->n_logits) + " differs from n_vocab " + std::to_string(info->model.n_vocab));
+  // §4.3 LAYOUT: rebuilt through KvLayout::make, then every recorded size is compared.
+  KV_RETURN_IF_ERROR(next_frame(&f));
+  KV_RETURN_IF_ERROR(expect_tag(f, kTagLayout));
+  if (f.len > kMaxSmallSection) return corruption("state: LAYT section is too large");
+  KV_RETURN_IF_ERROR(read_small(f, &p));
+  Dec ld(p.data(), p.size());
+  const uint32_t n_layers = ld.get<uint32_t>();
+  if (!ld.ok() || n_layers == 0 || uint64_t(n_layers) * 4 > ld.remaining())
+    return corruption("state: LAYT layer count " + std::to_string(n_layers) + " does not fit the section");
+  std::vector<std::vector<KvLayout::StreamRequest>> req(n_layers);
+  struct Rec {
+    uint8_t scale, order;
+    uint64_t row_bytes, row_count;
+  };
+  std::vector<std::vector<Rec>> recs(n_layers);
+  for (uint32_t il = 0; il < n_layers; ++il) {
+    const uint32_t n_streams = ld.get<uint32_t>();
+    if (!ld.ok() || n_streams == 0 || n_streams > 8 || uint64_t(n_streams) * kStreamRecordBytes > ld.remaining())
+      return corruption("state: LAYT layer " + std::to_string(il) + ": stream count " + std::to_string(n_streams) + " is invalid");
+    for (uint32_t si = 0; si < n_streams; ++si) {
+      const uint8_t stream = ld.get<uint8_t>(), scale = ld.get<uint8_t>(), order = ld.get<uint8_t>(), rsv = ld.get<uint8_t>();
+      const uint32_t dtype_id = ld.get<uint32_t>(), elems = ld.get<uint32_t>(), groups = ld.get<uint32_t>();
+      const uint64_t row_bytes = ld.get<uint64_t>(), row_count = ld.get<uint64_t>();
+      const std::string where = "state: LAYT layer " + std::to_string(il) + " stream " + std::to_string(si);
+      if (stream > 2) return corruption(where + ": unknown stream kind " + std::to_string(stream));
+      auto dt = kv_dtype_from_id(dtype_id);
+      if (!dt) return unsupported(where + ": unknown cache element type id " + std::to_string(dtype_id));
+      if (order != 0 || rsv != 0) return corruption(where + ": unsupported row order " + std::to_string(order));
+      req[il].push_back({static_cast<KvStream>(stream), *dt, elems, groups});
+      recs[il].push_back({scale, order, row_bytes, row_count});
+    }
+  }
+  if (!ld.ok() || ld.remaining() != 0) return corruption("state: LAYT section size does not match its contents");
+  if (std::string err = KvLayout::make(n_tokens, req, &info->layout); !err.empty()) return corruption("state: LAYT: " + err);
+  info->kv_bytes = 0;
+  for (uint32_t il = 0; il < n_layers; ++il)
+    for (uint32_t si = 0; si < recs[il].size(); ++si) {
+      const KvRowSpec& s = info->layout.layer(il).streams[si];
+      const std::string where = "state: LAYT layer " + std::to_string(il) + " " + kv_stream_name(s.stream);
+      if (recs[il][si].row_bytes != s.row_bytes)
+        return corruption(where + " row_bytes " + std::to_string(recs[il][si].row_bytes) + ", but " + dtype_name(s.dtype) + "[" +
+                          std::to_string(s.elems_per_row) + "] rows are " + std::to_string(s.row_bytes));
+      if (recs[il][si].scale != static_cast<uint8_t>(s.scale_layout))
+        return corruption(where + " scale layout " + std::to_string(recs[il][si].scale) + " does not match " + dtype_name(s.dtype));
+      if (recs[il][si].row_count != n_tokens)
+        return corruption(where + " row count " + std::to_string(recs[il][si].row_count) + ", META says " + std::to_string(n_tokens) + " tokens");
+      info->kv_bytes += s.row_bytes * uint64_t(n_tokens);
+    }
+  // §4.4 CELLS: the size must be exactly what n_tokens implies before anything is allocated.
+  KV_RETURN_IF_ERROR(next_frame(&f));
+  KV_RETURN_IF_ERROR(expect_tag(f, kTagCells));
+  if (f.len != 4 + uint64_t(kCellRecordBytes) * n_tokens)
+    return corruption("state: CELL section is " + std::to_string(f.len) + " bytes, " + std::to_string(n_tokens) + " tokens need " +
+                      std::to_string(4 + uint64_t(kCellRecordBytes) * n_tokens));
+  KV_RETURN_IF_ERROR(read_small(f, &p));
+  Dec cd(p.data(), p.size());
+  if (cd.get<uint32_t>() != n_tokens) return corruption("state: CELL count differs from META n_tokens");
+  info->cell_pos.resize(n_tokens);
+  info->cell_token.resize(n_tokens);
+  info->cell_seqs.resize(n_tokens);
+  for (uint32_t k = 0; k < n_tokens; ++k) {
+    info->cell_pos[k] = cd.get<int32_t>();
+    info->cell_token[k] = cd.get<int32_t>();
+    info->cell_seqs[k] = cd.get<uint64_t>();
+    const std::string where = "state: cell " + std::to_string(k);
+    if (info->cell_pos[k] < 0) return corruption(where + " has negative position " + std::to_string(info->cell_pos[k]));
+    if (info->cell_token[k] < -1 || (info->cell_token[k] >= 0 && uint32_t(info->cell_token[k]) >= info->model.n_vocab))
+      return corruption(where + " has token " + std::to_string(info->cell_token[k]) + ", vocabulary has " + std::to_string(info->model.n_vocab));
+    if (info->kind == StateKind::Sequence) {
+      if (info->cell_seqs[k] != 1) return corruption(where + " of a sequence file has sequence set " + std::to_string(info->cell_seqs[k]) + ", expected 1");
+      if (k > 0 && info->cell_pos[k] <= info->cell_pos[k - 1])
+        return corruption(where + ": positions are not strictly increasing (" + std::to_string(info->cell_pos[k - 1]) + " then " +
+                          std::to_string(info->cell_pos[k]) + ")");
+    } else if (info->cell_seqs[k] == 0) {
+      return corruption(where + " belongs to no sequence");
+    }
+  }
+  if (info->kind == StateKind::Context) {
+    std::unordered_set<uint64_t> seen;
+    seen.reserve(n_tokens);
+    for (uint32_t k = 0; k < n_tokens; ++k)
+      for (int s = 0; s < KvCache::kMaxSeqs; ++s)
+        if ((info->cell_seqs[k] >> s) & 1)
+          if (!seen.insert((uint64_t(s) << 32) | uint32_t(info->cell_pos[k])).second)
+            return corruption("state: sequence " + std::to_string(s) + " holds position " + std::to_string(info->cell_pos[k]) + " twice");
+  }
+  prefix_end_ = pos_;
+  return Status::ok();
+}
+
+Status Reader::walk_rest(StateInfo* info, const ApplyFn& apply, std::vector<float>* logits) {
+  pos_ = prefix_end_;
+  sections_seen_ = 4;
+  const KvLayout& L = info->layout;
+  const uint32_t n = L.n_cells();
+  Frame f;
+  for (uint32_t il = 0; il < L.n_layers(); ++il) {
+    for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si) {
+      const KvRowSpec& s = L.layer(il).streams[si];
+      KV_RETURN_IF_ERROR(next_frame(&f));
+      KV_RETURN_IF_ERROR(expect_tag(f, kTagKv));
+      const std::string where = "state: KVDT layer " + std::to_string(il) + " " + kv_stream_name(s.stream);
+      if (f.len != 8 + uint64_t(s.row_bytes) * n)
+        return corruption(where + ": " + std::to_string(f.len) + " bytes, the layout implies " + std::to_string(8 + uint64_t(s.row_bytes) * n));
+      uint8_t b8[8];
+      KV_RETURN_IF_ERROR(src_.read_at(f.off, b8, 8));
+      if (load_le<uint32_t>(b8) != il || load_le<uint32_t>(b8 + 4) != si)
+        return corruption(where + ": section is for layer " + std::to_string(load_le<uint32_t>(b8)) + " stream " + std::to_string(load_le<uint32_t>(b8 + 4)));
+      XXH3_64bits_reset(st_);
+      XXH3_64bits_update(st_, b8, 8);
+      const uint32_t rows_per_chunk = static_cast<uint32_t>(std::max<size_t>(1, (size_t(1) << 20) / s.row_bytes));
+      chunk_.resize(size_t(rows_per_chunk) * s.row_bytes);
+      for (uint32_t k0 = 0; k0 < n; k0 += rows_per_chunk) {
+        const uint32_t m = std::min(rows_per_chunk, n - k0);
+        const size_t bytes = size_t(m) * s.row_bytes;
+        KV_RETURN_IF_ERROR(src_.read_at(f.off + 8 + uint64_t(k0) * s.row_bytes, chunk_.data(), bytes));
+        XXH3_64bits_update(st_, chunk_.data(), bytes);
+        if (apply) apply(il, si, k0, m, chunk_.data());
+      }
+      KV_RETURN_IF_ERROR(check_trailer(f, XXH3_64bits_digest(st_)));
+    }
+  }
+  bool seen_logits = false;
+  for (;;) {
+    KV_RETURN_IF_ERROR(next_frame(&f));
+    if (f.tag == kTagEnd) {
+      if (!(f.flags & kFlagRequired) || f.len != 0) return corruption("state: malformed END section");
+      KV_RETURN_IF_ERROR(check_trailer(f, XXH3_64bits(nullptr, 0)));
+      break;
+    }
+    if (f.tag == kTagLogits && info->n_logits > 0 && !seen_logits) {
+      // §4.6: LOGT is optional; a set required bit is a corrupted frame, not a newer feature.
+      if (f.flags != 0) return corruption("state: LOGT section is marked required; it is optional (§4.6)");
+      if (f.len != uint64_t(info->n_logits) * 4) return corruption("state: LOGT section size does not match n_logits");
+      seen_logits = true;
+      std::vector<uint8_t> p;
+      KV_RETURN_IF_ERROR(read_small(f, &p));
+      if (logits) {
+        logits->resize(info->n_logits);
+        std::memcpy(logits->data(), p.data(), p.size());
+      }
+      continue;
+    }
+    if (f.tag == kTagMeta || f.tag == kTagModel || f.tag == kTagLayout || f.tag == kTagCells || f.tag == kTagKv || f.tag == kTagLogits)
+      return corruption("state: unexpected section '" + tag_name(f.tag) + "' after the KV data");
+    if (f.flags & kFlagRequired) return unsupported("state: required section '" + tag_name(f.tag) + "' is not understood by this version");
+    // Unknown optional section (newer minor): verify and skip.
+    XXH3_64bits_reset(st_);
+    chunk_.resize(size_t(1) << 20);
+    for (uint64_t o = 0; o < f.len; o += chunk_.size()) {
+      const size_t m = static_cast<size_t>(std::min<uint64_t>(chunk_.size(), f.len - o));
+      KV_RETURN_IF_ERROR(src_.read_at(f.off + o, chunk_.data(), m));
+      XXH3_64bits_update(st_, chunk_.data(), m);
+    }
+    KV_RETURN_IF_ERROR(check_trailer(f, XXH3_64bits_digest(st_)));
+    info->unknown_sections.push_back(tag_name(f.tag));
+  }
+  // A LOGT whose tag was damaged would otherwise be skipped as an unknown optional section.
+  if (info->n_logits > 0 && !seen_logits)
+    return corruption("state: META announces " + std::to_string(info->n_logits) + " logits, but there is no LOGT section");
+  if (sections_seen_ != n_sections_)
+    return corruption("state: " + std::to_string(sections_seen_) + " sections, the header announces " + std::to_string(n_sections_));
+  if (pos_ != src_.size()) return corruption("state: " + std::to_string(src_.size() - pos_) + " bytes after the END section");
+  return Status::ok();
+}
+
+std::string hex(uint64_t v) {
+  char b[20];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+Status check_model(const ModelFingerprint& file, const ModelFingerprint& live) {
+  if (file.arch != live.arch) return invalid_argument("state: saved for architecture '" + file.arch + "', the model is '" + live.arch + "'");
+  auto cmp = [](const char* what, uint64_t a, uint64_t b) {
+    return a == b ? Status::ok()
+                  : invalid_argument(std::string("state: saved for another model: ") + what + " hash " + hex(a) + " in the file, " + hex(b) + " live");
+  };
+  KV_RETURN_IF_ERROR(cmp("hyperparameters", file.hparams_hash, live.hparams_hash));
+  KV_RETURN_IF_ERROR(cmp("tokenizer", file.tokenizer_hash, live.tokenizer_hash));
+  KV_RETURN_IF_ERROR(cmp("tensor directory", file.tensors_hash, live.tensors_hash));
+  KV_RETURN_IF_ERROR(cmp("weights", file.weights_hash, live.weights_hash));
+  if (file.n_vocab != live.n_vocab)
+    return invalid_argument("state: saved with a vocabulary of " + std::to_string(file.n_vocab) + ", the model has " + std::to_string(live.n_vocab));
+  return Status::ok();
+}
+
+// Compares the file's layout with the live one; fills the conversion summary.
+Status check_layout(const KvLayout& file, const KvLayout& live, bool allow_convert, bool* converted, std::string* summary) {
+  if (file.n_layers() != live.n_layers())
+    return invalid_argument("state: layout mismatch: the file has " + std::to_string(file.n_layers()) + " layers, the cache " + std::to_string(live.n_layers()));
+  *converted = false;
+  for (uint32_t il = 0; il < file.n_layers(); ++il) {
+    const auto& fs = file.layer(il).streams;
+    const auto& ls = live.layer(il).streams;
+    if (fs.size() != ls.size())
+      return invalid_argument("state: layout mismatch: layer " + std::to_string(il) + " has " + std::to_string(fs.size()) + " streams in the file, " +
+                              std::to_string(ls.size()) + " live");
+    for (size_t si = 0; si < fs.size(); ++si) {
+      const std::string where = "state: layout mismatch: layer " + std::to_string(il) + " " + kv_stream_name(fs[si].stream);
+      if (fs[si].stream != ls[si].stream) return invalid_argument(where + ": the live cache stores " + kv_stream_name(ls[si].stream) + " there");
+      if (fs[si].elems_per_row != ls[si].elems_per_row)
+        return invalid_argument(where + " elems_per_row " + std::to_string(fs[si].elems_per_row) + ", live layout " + std::to_string(ls[si].elems_per_row));
+      if (fs[si].n_groups != ls[si].n_groups)
+        return invalid_argument(where + " groups " + std::to_string(fs[si].n_groups) + ", live layout " + std::to_string(ls[si].n_groups));
+      if (fs[si].dtype != ls[si].dtype) {
+        if (!allow_convert)
+          return invalid_argument(where + " type " + dtype_name(fs[si].dtype) + ", live cache " + dtype_name(ls[si].dtype) + " (conversion disabled)");
+        if (!*converted || il == 0) {
+          const std::string piece = std::string(kv_stream_name(fs[si].stream)) + " " + dtype_name(fs[si].dtype) + " -> " + dtype_name(ls[si].dtype);
+          if (summary->find(piece) == std::string::npos) *summary += (summary->empty() ? "" : ", ") + piece;
+        }
+        *converted = true;
+      }
+    }
+  }
+  return Status::ok();
+}
+
+// Writes rows [k0, k0 + n) of stream (il, si) into cells[k0..], converting the dtype if needed.
+void place_rows(KvCache& cache, const KvLayout& file, const std::vector<uint32_t>& cells, uint32_t il, uint32_t si, uint32_t k0,
+                uint32_t n, const uint8_t* p, std::vector<float>& tmp) {
+  const KvRowSpec& fs = file.layer(il).streams[si];
+  const KvRowSpec& ls = cache.layout().layer(il).streams[si];
+  if (fs.dtype == ls.dtype) {
+    for (uint32_t k = 0; k < n; ++k) std::memcpy(cache.row(il, si, cells[k0 + k]), p + size_t(k) * fs.row_bytes, fs.row_bytes);
+    return;
+  }
+  const uint32_t ge = fs.group_elems();
+  tmp.resize(ge);
+  for (uint32_t k = 0; k < n; ++k) {
+    const uint8_t* src = p + size_t(k) * fs.row_bytes;
+    uint8_t* dst = cache.row(il, si, cells[k0 + k]);
+    for (uint32_t g = 0; g < fs.n_groups; ++g) {
+      dequantize_row_ref(fs.dtype, src + g * fs.group_bytes, tmp.data(), ge);
+      quantize_row_ref(ls.dtype, tmp.data(), dst + g * ls.group_bytes, ge);
+    }
+  }
+}
+
+Result<StateLoadResult> restore(KvCache& cache, SeqId dest, StateKind want_kind, const ModelFingerprint& live, ByteSource& src,
+                                const StateLoadOptions& opt) {
+  if (want_kind == StateKind::Sequence && !valid_seq_id(dest))
+    return invalid_argument("state: target sequence id " + std::to_string(dest) + " is out of range");
+  Reader r(src);
+  StateInfo info;
+  KV_RETURN_IF_ERROR(r.read_prefix(&info));
+  if (info.kind != want_kind)
+    return invalid_argument(std::string("state: the file holds ") + (info.kind == StateKind::Sequence ? "one sequence" : "a whole context") +
+                            ", expected " + (want_kind == StateKind::Sequence ? "one sequence" : "a whole context"));
+  KV_RETURN_IF_ERROR(check_model(info.model, live));
+  StateLoadResult res;
+  KV_RETURN_IF_ERROR(check_layout(info.layout, cache.layout(), opt.allow_convert, &res.converted, &res.conversion));
+  const uint32_t n = info.layout.n_cells();
+  if (n > cache.n_cells())
+    return resource_exhausted("state: the file holds " + std::to_string(n) + " tokens, more than the context's " + std::to_string(cache.n_cells()) + " cells");
+  // Cells the target holds alone are free once it is replaced.
+  uint32_t own = 0;
+  if (want_kind == StateKind::Context) {
+    own = cache.n_used();
+  } else {
+    for (uint32_t c = 0; c < cache.n_cells(); ++c) own += cache.cell_seqs(c) == (uint64_t(1) << dest);
+  }
+  const uint32_t free_now = cache.n_cells() - cache.n_used();
+  if (n > free_now + own)
+    return resource_exhausted("state: the file holds " + std::to_string(n) + " tokens, only " + std::to_string(free_now + own) +
+                              " cells are free for it");
+  std::vector<uint32_t> cells(n);
+  std::vector<float> tmp;
+  std::vector<float> logits;
+  auto apply = [&](uint32_t il, uint32_t si, uint32_t k0, uint32_t m, const uint8_t* p) { place_rows(cache, info.layout, cells, il, si, k0, m, p, tmp); };
+  auto drop_target = [&] {
+    if (want_kind == StateKind::Context) cache.clear();
+    else cache.seq_rm(dest, -1, -1);
+  };
+  if (n <= free_now) {
+    // §5.2: rows go into free cells; nothing observable changes until the commit.
+    KV_RETURN_IF_ERROR(cache.find_free(n, cells.data()));
+    KV_RETURN_IF_ERROR(r.walk_rest(&info, apply, &logits));
+    drop_target();
+  } else {
+    // §5.4: verify everything first, then make room and read again.
+    KV_RETURN_IF_ERROR(r.walk_rest(&info, nullptr, nullptr));
+    drop_target();
+    KV_RETURN_IF_ERROR(cache.find_free(n, cells.data()));
+    Status s = r.walk_rest(&info, apply, &logits);
+    if (!s.is_ok()) return Status(s.code(), s.message() + " (the file changed during the restore; the target was left empty)");
+    res.two_pass = true;
+  }
+  // Commit.
+  for (uint32_t k = 0; k < n; ++k) {
+    if (want_kind == StateKind::Context) cache.cell_assign_seqs(cells[k], info.cell_pos[k], info.cell_seqs[k], info.cell_token[k]);
+    else cache.cell_assign(cells[k], info.cell_pos[k], dest, info.cell_token[k]);
+  }
+  res.n_tokens = n;
+  res.n_bytes = src.size();
+  if (want_kind == StateKind::Sequence) {
+    res.tokens = info.cell_token;
+    res.positions = info.cell_pos;
+  }
+  res.logits = std::move(logits);
+  return res;
+}
+
+}  // namespace
+
+Result<StateLoadResult> state_read_seq(KvCache& cache, SeqId dest, const ModelFingerprint& live, ByteSource& src, const StateLoadOptions& opt) {
+  return restore(cache, dest, StateKind::Sequence, live, src, opt);
+}
+
+Result<StateLoadResult> state_read_all(KvCache& cache, const ModelFingerprint& live, ByteSource& src, const StateLoadOptions& opt) {
+  return restore(cache, -1, StateKind::Context, live, src, opt);
+}
+
+Result<StateInfo> state_inspect(ByteSource& src) {
+  Reader r(src);
+  StateInfo info;
+  KV_RETURN_IF_ERROR(r.read_prefix(&info));
+  KV_RETURN_IF_ERROR(r.walk_rest(&info, nullptr, nullptr));
+  return info;
+}
+
+}  // namespace kvstash

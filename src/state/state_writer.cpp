@@ -1,0 +1,227 @@
+// State writer (docs/state-format.md §1-§4, §7). Streams rows straight from the cache.
+#include <xxhash.h>
+
+#include <cassert>
+#include <chrono>
+#include <cstring>
+#include <memory>
+
+#include "core/le.h"
+#include "state/state.h"
+#include "state/state_encoding.h"
+#include "state/state_format.h"
+
+namespace kvstash {
+namespace {
+
+using namespace statefmt;
+
+// Writes one §3 frame: header, payload pieces (hashed unless counting), checksum trailer.
+class SectionOut {
+ public:
+  SectionOut(ByteSink& sink, bool hash) : sink_(sink), hash_(hash), st_(XXH3_createState()) {}
+  ~SectionOut() { XXH3_freeState(st_); }
+  Status begin(uint32_t tag, uint32_t flags, uint64_t len) {
+    uint8_t f[kFrameBytes];
+    store_le<uint32_t>(f, tag);
+    store_le<uint32_t>(f + 4, flags);
+    store_le<uint64_t>(f + 8, len);
+    if (hash_) XXH3_64bits_reset(st_);
+    left_ = len;
+    return sink_.write(f, sizeof f);
+  }
+  Status put(const void* p, size_t n) {
+    assert(n <= left_ && "section payload longer than announced");
+    if (hash_) XXH3_64bits_update(st_, p, n);
+    left_ -= n;
+    return sink_.write(p, n);
+  }
+  Status end() {
+    assert(left_ == 0 && "section payload shorter than announced");
+    uint8_t t[kTrailerBytes];
+    store_le<uint64_t>(t, hash_ ? XXH3_64bits_digest(st_) : 0);
+    return sink_.write(t, sizeof t);
+  }
+  Status whole(uint32_t tag, uint32_t flags, const std::vector<uint8_t>& payload) {
+    KV_RETURN_IF_ERROR(begin(tag, flags, payload.size()));
+    KV_RETURN_IF_ERROR(put(payload.data(), payload.size()));
+    return end();
+  }
+
+ private:
+  ByteSink& sink_;
+  bool hash_;
+  XXH3_state_t* st_;
+  uint64_t left_ = 0;
+};
+
+struct Run {
+  uint32_t first, n;
+};
+
+Status write_state(const KvCache& cache, const std::vector<uint32_t>& cells, StateKind kind, SeqId saved_seq,
+                   const ModelFingerprint& fp, const StateSaveOptions& opt, uint64_t file_bytes, bool hash, ByteSink& sink) {
+  const KvLayout& L = cache.layout();
+  const uint32_t n = static_cast<uint32_t>(cells.size());
+  const bool with_logits = opt.logits && opt.n_logits > 0;
+  // §4.1: n_logits is 0 or n_vocab; the reader refuses anything else, so never write it.
+  if (with_logits && opt.n_logits != fp.n_vocab)
+    return invalid_argument("state: " + std::to_string(opt.n_logits) + " logits given, the model's vocabulary has " + std::to_string(fp.n_vocab));
+  uint32_t n_kv_sections = 0;
+  for (uint32_t il = 0; il < L.n_layers(); ++il) n_kv_sections += static_cast<uint32_t>(L.layer(il).streams.size());
+  const uint32_t n_sections = 4 + n_kv_sections + (with_logits ? 1 : 0) + 1;
+
+  // §2 header
+  uint8_t h[kHeaderBytes] = {};
+  std::memcpy(h, kMagic, 8);
+  store_le<uint16_t>(h + 8, kMajor);
+  store_le<uint16_t>(h + 10, kMinor);
+  store_le<uint32_t>(h + 12, kEndianMarker);
+  store_le<uint32_t>(h + 16, kHeaderBytes);
+  store_le<uint32_t>(h + 20, static_cast<uint32_t>(kind));
+  store_le<uint64_t>(h + 24, file_bytes);
+  store_le<uint32_t>(h + 32, n_sections);
+  store_le<uint64_t>(h + 56, hash ? XXH3_64bits(h, kHeaderBytes) : 0);
+  KV_RETURN_IF_ERROR(sink.write(h, sizeof h));
+
+  SectionOut out(sink, hash);
+  // §4.1 META
+  {
+    Enc e;
+    uint64_t created = opt.created_ms;
+    if (created == 0)
+      created = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+    e.u64(created);
+    e.u32(cache.n_cells());
+    e.u32(n);
+    e.i32(saved_seq);
+    e.u32(with_logits ? opt.n_logits : 0);
+    e.str(std::string("kvstash ") + KVSTASH_VERSION + " (" + KVSTASH_COMMIT + ")");
+    KV_RETURN_IF_ERROR(out.whole(kTagMeta, kFlagRequired, e.b));
+  }
+  // §4.2 MODEL
+  {
+    Enc e;
+    e.u64(fp.hparams_hash);
+    e.u64(fp.tokenizer_hash);
+    e.u64(fp.tensors_hash);
+    e.u64(fp.weights_hash);
+    e.u32(fp.n_vocab);
+    e.str(fp.arch);
+    e.str(fp.name);
+    KV_RETURN_IF_ERROR(out.whole(kTagModel, kFlagRequired, e.b));
+  }
+  // §4.3 LAYOUT: copied from the live KvLayout, never recomputed.
+  {
+    Enc e;
+    e.u32(L.n_layers());
+    for (uint32_t il = 0; il < L.n_layers(); ++il) {
+      const auto& streams = L.layer(il).streams;
+      e.u32(static_cast<uint32_t>(streams.size()));
+      for (const KvRowSpec& s : streams) {
+        e.u8(static_cast<uint8_t>(s.stream));
+        e.u8(static_cast<uint8_t>(s.scale_layout));
+        e.u8(static_cast<uint8_t>(s.order));
+        e.u8(0);
+        e.u32(static_cast<uint32_t>(s.dtype));
+        e.u32(s.elems_per_row);
+        e.u32(s.n_groups);
+        e.u64(s.row_bytes);
+        e.u64(n);
+      }
+    }
+    KV_RETURN_IF_ERROR(out.whole(kTagLayout, kFlagRequired, e.b));
+  }
+  // §4.4 CELLS
+  {
+    KV_RETURN_IF_ERROR(out.begin(kTagCells, kFlagRequired, 4 + uint64_t(kCellRecordBytes) * n));
+    uint8_t b4[4];
+    store_le<uint32_t>(b4, n);
+    KV_RETURN_IF_ERROR(out.put(b4, 4));
+    uint8_t chunk[kCellRecordBytes * 256];
+    for (uint32_t i0 = 0; i0 < n; i0 += 256) {
+      const uint32_t m = std::min<uint32_t>(256, n - i0);
+      for (uint32_t k = 0; k < m; ++k) {
+        const uint32_t c = cells[i0 + k];
+        uint8_t* r = chunk + k * kCellRecordBytes;
+        store_le<int32_t>(r, cache.cell_pos(c));
+        store_le<int32_t>(r + 4, cache.cell_token(c));
+        store_le<uint64_t>(r + 8, kind == StateKind::Sequence ? uint64_t(1) : cache.cell_seqs(c));
+      }
+      KV_RETURN_IF_ERROR(out.put(chunk, size_t(m) * kCellRecordBytes));
+    }
+    KV_RETURN_IF_ERROR(out.end());
+  }
+  // §4.5 KVDATA: contiguous runs of cells are written with one call.
+  std::vector<Run> runs;
+  for (uint32_t i = 0; i < n; ++i) {
+    if (!runs.empty() && runs.back().first + runs.back().n == cells[i]) ++runs.back().n;
+    else runs.push_back({cells[i], 1});
+  }
+  for (uint32_t il = 0; il < L.n_layers(); ++il) {
+    const auto& streams = L.layer(il).streams;
+    for (uint32_t si = 0; si < streams.size(); ++si) {
+      const size_t rb = streams[si].row_bytes;
+      KV_RETURN_IF_ERROR(out.begin(kTagKv, kFlagRequired, 8 + uint64_t(rb) * n));
+      uint8_t b8[8];
+      store_le<uint32_t>(b8, il);
+      store_le<uint32_t>(b8 + 4, si);
+      KV_RETURN_IF_ERROR(out.put(b8, 8));
+      for (const Run& r : runs) KV_RETURN_IF_ERROR(out.put(cache.row(il, si, r.first), rb * r.n));
+      KV_RETURN_IF_ERROR(out.end());
+    }
+  }
+  // §4.6 LOGT
+  if (with_logits) {
+    KV_RETURN_IF_ERROR(out.begin(kTagLogits, 0, uint64_t(opt.n_logits) * 4));
+    KV_RETURN_IF_ERROR(out.put(opt.logits, size_t(opt.n_logits) * 4));
+    KV_RETURN_IF_ERROR(out.end());
+  }
+  // §4.7 END
+  KV_RETURN_IF_ERROR(out.begin(kTagEnd, kFlagRequired, 0));
+  return out.end();
+}
+
+std::vector<uint32_t> cells_of(const KvCache& cache, SeqId seq) {
+  std::vector<uint32_t> cells;
+  if (seq >= 0) {
+    cache.seq_cells_sorted(seq, &cells);
+  } else {
+    for (uint32_t c = 0; c < cache.n_cells(); ++c)
+      if (!cache.cell_empty(c)) cells.push_back(c);
+  }
+  return cells;
+}
+
+Result<StateSaveResult> write_two_pass(const KvCache& cache, SeqId seq, StateKind kind, const ModelFingerprint& fp,
+                                       const StateSaveOptions& opt, ByteSink& sink) {
+  const std::vector<uint32_t> cells = cells_of(cache, seq);
+  CountingSink counter;
+  KV_RETURN_IF_ERROR(write_state(cache, cells, kind, seq, fp, opt, 0, /*hash=*/false, counter));
+  const uint64_t start = sink.n_written();
+  KV_RETURN_IF_ERROR(write_state(cache, cells, kind, seq, fp, opt, counter.n_written(), /*hash=*/true, sink));
+  assert(sink.n_written() - start == counter.n_written());
+  (void)start;
+  return StateSaveResult{static_cast<uint32_t>(cells.size()), counter.n_written()};
+}
+
+}  // namespace
+
+Result<StateSaveResult> state_write_seq(const KvCache& cache, SeqId seq, const ModelFingerprint& fp, const StateSaveOptions& opt,
+                                        ByteSink& sink) {
+  if (!valid_seq_id(seq)) return invalid_argument("state: sequence id " + std::to_string(seq) + " is out of range");
+  return write_two_pass(cache, seq, StateKind::Sequence, fp, opt, sink);
+}
+
+Result<StateSaveResult> state_write_all(const KvCache& cache, const ModelFingerprint& fp, const StateSaveOptions& opt, ByteSink& sink) {
+  return write_two_pass(cache, -1, StateKind::Context, fp, opt, sink);
+}
+
+uint64_t state_size_seq(const KvCache& cache, SeqId seq, const ModelFingerprint& fp, const StateSaveOptions& opt) {
+  CountingSink counter;
+  if (!valid_seq_id(seq)) return 0;
+  Status s = write_state(cache, cells_of(cache, seq), StateKind::Sequence, seq, fp, opt, 0, false, counter);
+  return s.is_ok() ? counter.n_written() : 0;
+}
+
+}  // namespace kvstash
