@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up, builds, and runs the main job: a short greedy generation with `kvstash run` on stories260K.
+# Sets up, builds, and runs the main job: `kvstash serve` on stories260K (Ctrl-C stops it).
+# Extra arguments go to `kvstash serve` (for example: --port 9000 -np 2 --slot-save-path ./slots).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -11,4 +12,5 @@ if [ ! -f "$model" ]; then
 fi
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build/release -j "$(nproc)" --target kvstash
-./build/release/kvstash run -m "$model" -p "${1:-Once upon a time}" -n 64 --temp 0
+echo "starting kvstash serve (try: curl -s http://127.0.0.1:8080/completion -d '{\"prompt\":\"Once upon a time\",\"n_predict\":32}')"
+exec ./build/release/kvstash serve -m "$model" -np 4 -c 2048 --metrics "$@"

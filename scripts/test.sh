@@ -9,12 +9,21 @@ if [ ! -f "$KVSTASH_MODELS/stories260K.gguf" ]; then
   echo "error: test fixtures not found in '$KVSTASH_MODELS' (set KVSTASH_MODELS to the shared/models directory)" >&2
   exit 1
 fi
+# The OpenAI-client test (server.OpenAiNodeClient) runs the official `openai` npm package.
+if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+  echo "error: node and npm are required: the server test suite runs the official 'openai' npm client" >&2
+  echo "       (Debian: apt-get install nodejs npm)" >&2
+  exit 1
+fi
+echo "== npm install openai (into build/npm) =="
+mkdir -p build/npm
+npm install --prefix build/npm --no-audit --no-fund --loglevel=error openai@4
 jobs="${KVSTASH_JOBS:-$(nproc)}"
 run_suite() {  # name, build dir, cmake args...
   local name=$1 dir=$2
   shift 2
   echo "== $name =="
-  cmake -S . -B "$dir" -G Ninja -DKVSTASH_MODELS_DIR="$KVSTASH_MODELS" "$@" >/dev/null
+  cmake -S . -B "$dir" -G Ninja -DKVSTASH_MODELS_DIR="$KVSTASH_MODELS" -DKVSTASH_NPM_DIR="$PWD/build/npm" "$@" >/dev/null
   cmake --build "$dir" -j "$jobs"
   (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900)
 }

@@ -29,7 +29,7 @@ void add_bench_command(CLI::App& app, BenchOptions& o) {
   c->add_option("--ubatch-size", o.n_ubatch, "Physical batch size (-ub)");
   c->add_option("--cache-type-k", o.type_k, "K cache type (-ctk)");
   c->add_option("--cache-type-v", o.type_v, "V cache type (-ctv)");
-  c->add_option("--attn", o.attn, "Attention path (llama: 'default', the only one)");
+  c->add_option("--attn", o.attn, "Attention path: 'default'; deepseek2 (MLA) also 'absorbed' (its default) or 'naive'");
   c->add_option("-o,--output", o.format, "Output format: md or json");
 }
 
@@ -63,8 +63,8 @@ int bench_command(const BenchOptions& o) {
     std::fprintf(stderr, "error: bench: unknown cache type\n");
     return 1;
   }
-  if (o.attn != "default") {
-    std::fprintf(stderr, "error: bench: unknown attention path '%s' (llama has one: default)\n", o.attn.c_str());
+  if (o.attn != "default" && o.attn != "absorbed" && o.attn != "naive") {
+    std::fprintf(stderr, "error: bench: unknown attention path '%s' (default; MLA models: absorbed, naive)\n", o.attn.c_str());
     return 1;
   }
   if (o.reps < 1 || o.reps > 1000) {
@@ -88,7 +88,12 @@ int bench_command(const BenchOptions& o) {
       return 1;
     }
     const Model& model = **m;
-    std::string mtype = model.name() + " " + (model.tok_embd().type == model.layers()[0].wq.type ? dtype_name(model.layers()[0].wq.type) : "mixed");
+    if (o.attn != "default" && model.arch() != Arch::Deepseek2) {
+      std::fprintf(stderr, "error: bench: attention path '%s' needs an MLA model; %s has one path: default\n", o.attn.c_str(), path.c_str());
+      return 1;
+    }
+    const DType wtype = model.arch() == Arch::Deepseek2 ? model.ds2_layers()[0].wkv_a.type : model.layers()[0].wq.type;
+    std::string mtype = model.name() + " " + (model.tok_embd().type == wtype ? dtype_name(wtype) : "mixed");
     for (int threads_opt : o.threads) {
       const int threads = threads_opt > 0 ? threads_opt : ThreadPool::default_threads();
       struct Test {
@@ -107,6 +112,7 @@ int bench_command(const BenchOptions& o) {
         cp.n_threads = threads;
         cp.type_k = *tk;
         cp.type_v = *tv;
+        cp.mla_path = o.attn == "naive" ? MlaPath::Naive : MlaPath::Absorbed;
         auto c = Context::create(model, cp);
         if (!c.is_ok()) {
           std::fprintf(stderr, "error: %s\n", c.status().to_string().c_str());

@@ -8,8 +8,8 @@ namespace kvstash::cli {
 
 void add_mkmodel_command(CLI::App& app, MkmodelOptions& o) {
   auto* c = app.add_subcommand("mkmodel", "Write a random-weight GGUF model (llama.cpp names, pure quantization)");
-  c->add_option("--preset", o.preset, "Shape preset: tiny-llama, tinyllama-1.1b");
-  c->add_option("--arch", o.arch, "Architecture (llama)");
+  c->add_option("--preset", o.preset, "Shape preset: tiny-llama, tinyllama-1.1b, tiny-deepseek2, deepseek2-1.7b");
+  c->add_option("--arch", o.arch, "Architecture (llama, deepseek2; default: the preset's)");
   c->add_option("--type", o.type, "Weight type of every matrix: f32, f16, bf16, q8_0, q4_0");
   c->add_option("--vocab", o.vocab, "Vocab-only GGUF to copy the tokenizer from")->required();
   c->add_option("-o,--output", o.out, "Output file")->required();
@@ -22,6 +22,7 @@ void add_mkmodel_command(CLI::App& app, MkmodelOptions& o) {
   c->add_option("--n-ctx-train", o.n_ctx_train, "Override: training context length");
   c->add_option("--n-rot", o.n_rot, "Override: rope dimension count");
   c->add_flag("--tied", o.tied, "Tie the output matrix to the token embedding");
+  c->add_flag("--mla-split", o.mla_split, "deepseek2: write split attn_k_b/attn_v_b (newer converters) instead of attn_kv_b");
 }
 
 int mkmodel_command(const MkmodelOptions& o) {
@@ -36,7 +37,8 @@ int mkmodel_command(const MkmodelOptions& o) {
     std::fprintf(stderr, "error: mkmodel: unknown type '%s' (f32, f16, bf16, q8_0, q4_0)\n", o.type.c_str());
     return 1;
   }
-  s.arch = o.arch;
+  if (!o.arch.empty()) s.arch = o.arch;
+  s.mla_split = o.mla_split;
   s.type = *t;
   s.seed = o.seed;
   s.vocab_path = o.vocab;

@@ -37,6 +37,8 @@ void add_run_command(CLI::App& app, RunOptions& o) {
   c->add_option("--prompt-cache", o.prompt_cache,
                 "State file: restore the longest matching prefix from it, and save the prompt's state to it");
   c->add_flag("--prompt-cache-no-fsync", o.prompt_cache_no_fsync, "Save the prompt cache without fsync (still atomic)");
+  c->add_option("--mla-path", o.mla_path, "MLA attention path (deepseek2): absorbed (default) or naive")
+      ->check(CLI::IsMember({"absorbed", "naive"}));
 }
 
 namespace {
@@ -63,12 +65,14 @@ int run_command(const RunOptions& o) {
   cp.n_threads = o.n_threads;
   cp.type_k = *tk;
   cp.type_v = *tv;
+  cp.mla_path = o.mla_path == "naive" ? MlaPath::Naive : MlaPath::Absorbed;
   auto ctx_r = Context::create(m, cp);
   if (!ctx_r.is_ok()) return fail(ctx_r.status());
   Context& ctx = **ctx_r;
-  std::fprintf(stderr, "model: %s (%s), %.2f M params, %.2f MB, loaded in %.0f ms; kernels %s, %d threads, n_ctx %u\n",
+  std::fprintf(stderr, "model: %s (%s), %.2f M params, %.2f MB, loaded in %.0f ms; kernels %s, %d threads, n_ctx %u%s%s\n",
                m.name().c_str(), arch_name(m.arch()), m.n_params() / 1e6, m.weight_bytes() / 1e6, ms_since(t_load),
-               ctx.kernels().name, ctx.pool().n_threads(), ctx.params().n_ctx);
+               ctx.kernels().name, ctx.pool().n_threads(), ctx.params().n_ctx, m.arch() == Arch::Deepseek2 ? ", MLA path " : "",
+               m.arch() == Arch::Deepseek2 ? mla_path_name(cp.mla_path) : "");
 
   SamplerParams sp;
   sp.temperature = o.temperature;
@@ -96,6 +100,12 @@ int run_command(const RunOptions& o) {
   // --prompt-cache: restore the longest common prefix instead of recomputing it.
   int32_t n_reused = 0;
   std::vector<float> cached_logits;
+  if (!o.prompt_cache.empty()) {
+    // Temporary files left by writers that died mid-save (docs/state-format.md §6).
+    const auto dir = std::filesystem::path(o.prompt_cache).parent_path();
+    if (const int n = state_cleanup_temp_files(dir.empty() ? "." : dir.string()); n > 0)
+      std::fprintf(stderr, "prompt cache: removed %d stale temporary file(s)\n", n);
+  }
   if (!o.prompt_cache.empty() && std::filesystem::exists(o.prompt_cache)) {
     const auto t_rs = std::chrono::steady_clock::now();
     auto r = state_load_seq_file(ctx.cache(), 0, m.fingerprint(), o.prompt_cache, StateLoadOptions{});

@@ -86,7 +86,10 @@ Status check_binding(const StateInfo& in, const Model& m) {
   KV_RETURN_IF_ERROR(cmp("hyperparameters", in.model.hparams_hash, live.hparams_hash));
   KV_RETURN_IF_ERROR(cmp("tokenizer", in.model.tokenizer_hash, live.tokenizer_hash));
   KV_RETURN_IF_ERROR(cmp("tensor directory", in.model.tensors_hash, live.tensors_hash));
-  return cmp("weights", in.model.weights_hash, live.weights_hash);
+  KV_RETURN_IF_ERROR(cmp("weights", in.model.weights_hash, live.weights_hash));
+  if (in.model.n_vocab != live.n_vocab)
+    return invalid_argument("the file was saved with a vocabulary of " + std::to_string(in.model.n_vocab) + ", the model has " + std::to_string(live.n_vocab));
+  return Status::ok();
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "server/server_options.h"
+
 namespace kvstash::cli {
 
 std::vector<std::string> normalize_llama_flags(const std::vector<std::string>& args);
@@ -34,6 +36,7 @@ struct RunOptions {
   std::string token_ids_out;  // write prompt and generated token ids as JSON here
   std::string prompt_cache;   // --prompt-cache FILE
   bool prompt_cache_no_fsync = false;
+  std::string mla_path = "absorbed";  // --mla-path (MLA models): absorbed | naive
 };
 void add_run_command(CLI::App& app, RunOptions& o);
 int run_command(const RunOptions& o);
@@ -72,7 +75,7 @@ int bench_command(const BenchOptions& o);
 
 struct MkmodelOptions {
   std::string preset = "tiny-llama";
-  std::string arch = "llama";
+  std::string arch;  // empty: the preset's
   std::string type = "f32";
   std::string vocab;
   std::string out;
@@ -80,8 +83,32 @@ struct MkmodelOptions {
   uint32_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0, n_ctx_train = 0, n_rot = 0;
   bool tied = false;
   bool list = false;
+  bool mla_split = false;  // deepseek2: write attn_k_b / attn_v_b instead of attn_kv_b
 };
 void add_mkmodel_command(CLI::App& app, MkmodelOptions& o);
 int mkmodel_command(const MkmodelOptions& o);
+
+struct ServeOptions {
+  ServerOptions server;
+  std::string api_key;       // --api-key: comma list (else $LLAMA_API_KEY)
+  std::string api_key_file;  // --api-key-file
+  bool slots_flag = false;   // --slots: accepted for llama-server compatibility (the default)
+};
+void add_serve_command(CLI::App& app, ServeOptions& o);
+int serve_command(ServeOptions& o);
+
+// `kvstash bench-slots`: aggregate generation throughput of the slot scheduler, 1 slot vs N.
+struct BenchSlotsOptions {
+  std::string model;
+  std::vector<int> parallel{1, 4};
+  int n_clients = 8;
+  int n_prompt = 32;
+  int n_gen = 128;
+  uint32_t n_ctx = 0;
+  int n_threads = 0;
+  int reps = 3;
+};
+void add_bench_slots_command(CLI::App& app, BenchSlotsOptions& o);
+int bench_slots_command(const BenchSlotsOptions& o);
 
 }  // namespace kvstash::cli

@@ -22,11 +22,15 @@ int main(int argc, char** argv) {
   kvstash::cli::MkmodelOptions mk;
   kvstash::cli::StateOptions st;
   kvstash::cli::BenchOptions bn;
+  kvstash::cli::ServeOptions sv;
+  kvstash::cli::BenchSlotsOptions bs;
   kvstash::cli::add_run_command(app, run);
   kvstash::cli::add_gguf_command(app, gguf);
   kvstash::cli::add_mkmodel_command(app, mk);
   kvstash::cli::add_state_command(app, st);
   kvstash::cli::add_bench_command(app, bn);
+  kvstash::cli::add_serve_command(app, sv);
+  kvstash::cli::add_bench_slots_command(app, bs);
   try {
     app.parse(static_cast<int>(av.size()), av.data());
   } catch (const CLI::ParseError& e) {
@@ -37,5 +41,7 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("mkmodel")) return kvstash::cli::mkmodel_command(mk);
   if (app.got_subcommand("state")) return kvstash::cli::state_command(st);
   if (app.got_subcommand("bench")) return kvstash::cli::bench_command(bn);
+  if (app.got_subcommand("serve")) return kvstash::cli::serve_command(sv);
+  if (app.got_subcommand("bench-slots")) return kvstash::cli::bench_slots_command(bs);
   return 2;
 }

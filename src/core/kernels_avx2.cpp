@@ -29,42 +29,65 @@ inline __m256 mul_sum_i8(__m256i x, __m256i y) {
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(dot16, _mm256_set1_epi16(1)));
 }
 
-inline __m256i q4_unpack(const uint8_t* qs) {
+// Q4_0 nibbles as unsigned bytes 0..15 (the -8 offset is applied by the caller).
+inline __m256i q4_unpack_u(const uint8_t* qs) {
   const __m128i tmp = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
   const __m256i bytes = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
-  return _mm256_sub_epi8(_mm256_and_si256(bytes, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
+  return _mm256_and_si256(bytes, _mm256_set1_epi8(0x0f));
+}
+
+// Q4_0 nibbles as signed values -8..7.
+inline __m256i q4_unpack(const uint8_t* qs) { return _mm256_sub_epi8(q4_unpack_u(qs), _mm256_set1_epi8(8)); }
+
+// Per 4-byte lane: sum of u*x (u unsigned, x signed), as int32. Exact: |u*x| <= 15*128.
+inline __m256i dot_u8_i8_lanes(__m256i u, __m256i x) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
 }
 
 // ---- quantized tiles: R weight rows x T activation rows ----
 template <bool kQ4, int R, int T>
 void tile_quant(const uint8_t* w, size_t wrb, const uint8_t* x, size_t xrb, int64_t nb, float* y, int64_t ldy) {
   __m256 acc[R][T];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     __m256i xv[T];
+    __m256i xs8[T];  // Q4_0 only: 8 * (sum of x) per 4-byte lane, shared by all R rows
     float dx[T];
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const auto* xb = reinterpret_cast<const BlockQ8_0*>(x + t * xrb) + b;
       xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb->qs));
       dx[t] = h2f(xb->d);
+      if constexpr (kQ4) xs8[t] = dot_u8_i8_lanes(_mm256_set1_epi8(8), xv[t]);
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      __m256i wv;
-      float dw;
       if constexpr (kQ4) {
+        // sum (u - 8) * x = sum u * x - 8 * sum x, lane by lane in exact int32: the same lane
+        // values as a signed product, so the float accumulation is unchanged.
         const auto* wb = reinterpret_cast<const BlockQ4_0*>(w + r * wrb) + b;
-        wv = q4_unpack(wb->qs);
-        dw = h2f(wb->d);
+        const __m256i wu = q4_unpack_u(wb->qs);
+        const float dw = h2f(wb->d);
+        #pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          const __m256i lanes = _mm256_sub_epi32(dot_u8_i8_lanes(wu, xv[t]), xs8[t]);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[t]), _mm256_cvtepi32_ps(lanes), acc[r][t]);
+        }
       } else {
         const auto* wb = reinterpret_cast<const BlockQ8_0*>(w + r * wrb) + b;
-        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb->qs));
-        dw = h2f(wb->d);
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb->qs));
+        const float dw = h2f(wb->d);
+        #pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[t]), mul_sum_i8(wv, xv[t]), acc[r][t]);
       }
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[t]), mul_sum_i8(wv, xv[t]), acc[r][t]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[r][t]);
 }
 
@@ -91,18 +114,25 @@ inline float load1(const void* row, int64_t i) {
 template <DType W, int R, int T>
 void tile_float(const uint8_t* w, size_t wrb, const uint8_t* x, size_t xrb, int64_t n, float* y, int64_t ldy) {
   __m256 acc[R][T];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
   const int64_t n8 = n & ~int64_t(7);
   for (int64_t i = 0; i < n8; i += 8) {
     __m256 xv[T];
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(reinterpret_cast<const float*>(x + t * xrb) + i);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256 wv = load8<W>(w + r * wrb, i);
+      #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       float s = hsum(acc[r][t]);
       const float* xt = reinterpret_cast<const float*>(x + t * xrb);

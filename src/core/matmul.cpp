@@ -48,4 +48,34 @@ void matmul(ThreadPool& pool, const KernelSet& k, const Acts& acts, std::initial
   else pool.run(job);
 }
 
+void matmul_tasks(ThreadPool& pool, const KernelSet& k, const GemmTask* tasks, size_t n_tasks) {
+  constexpr int64_t kGrain = 16;  // as matmul
+  constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
+  int64_t total = 0, macs = 0;
+  for (size_t i = 0; i < n_tasks; ++i) {
+    if (tasks[i].n_tok <= 0) continue;
+    total += (tasks[i].w->n_rows + kGrain - 1) / kGrain;
+    macs += tasks[i].w->n_rows * tasks[i].w->n_cols * tasks[i].n_tok;
+  }
+  auto job = [&](int ith, int nth) {
+    int64_t u0, u1;
+    split_range(total, ith, nth, 1, &u0, &u1);
+    int64_t base = 0;
+    for (size_t i = 0; i < n_tasks && base < u1; ++i) {
+      const GemmTask& t = tasks[i];
+      if (t.n_tok <= 0) continue;
+      const int64_t units = (t.w->n_rows + kGrain - 1) / kGrain;
+      const int64_t a = std::max(u0, base), b = std::min(u1, base + units);
+      if (a < b) {
+        const int64_t r0 = (a - base) * kGrain, r1 = std::min(t.w->n_rows, (b - base) * kGrain);
+        gemm_for(k, t.w->type)(*t.w, t.x, t.x_row_bytes, t.n_tok, t.y, t.ldy, r0, r1);
+      }
+      base += units;
+    }
+  };
+  if (total == 0) return;
+  if (macs < kMinParallelMacs) job(0, 1);
+  else pool.run(job);
+}
+
 }  // namespace kvstash

@@ -35,4 +35,21 @@ struct MatOut {
 // and n_cols, and `acts` must be prepared for that type.
 void matmul(ThreadPool& pool, const KernelSet& k, const Acts& acts, std::initializer_list<MatOut> outs);
 
+// One independent product of matmul_tasks: y[t * ldy + r] = dot(w row r, x row t) for t < n_tok,
+// where x row t is in act_type_for(w->type) and starts at x + t * x_row_bytes (rows may be strided
+// views, e.g. one head of a [n_tok, n_head, dim] buffer). n_tok == 0 tasks are skipped.
+struct GemmTask {
+  const MatRef* w;
+  const uint8_t* x;
+  size_t x_row_bytes;
+  int64_t n_tok;
+  float* y;
+  int64_t ldy;
+};
+
+// Runs all tasks (each with its own weights and activations: per-head or per-expert products)
+// in one parallel job, split over output rows only, so every element is computed exactly as by
+// matmul: independent of the thread count, of the other tasks and of n_tok.
+void matmul_tasks(ThreadPool& pool, const KernelSet& k, const GemmTask* tasks, size_t n_tasks);
+
 }  // namespace kvstash

@@ -18,7 +18,7 @@ Result<std::unique_ptr<Context>> Context::create(const Model& model, const Conte
   if (p.n_threads > 1024) return invalid_argument("context: " + std::to_string(p.n_threads) + " threads is too many");
   KV_ASSIGN_OR_RETURN(KvLayout layout, model.kv_layout(p.n_ctx, p.type_k, p.type_v));
   std::unique_ptr<Context> c(new Context(model, p, std::move(layout)));
-  forward_scratch_init(model, p.n_ubatch, p.n_ctx, p.n_threads, &c->scratch_);
+  forward_scratch_init(model, p.n_ubatch, p.n_ctx, p.n_threads, &c->scratch_, p.mla_path);
   c->cells_.resize(p.n_batch);
   c->logits_.resize(size_t(model.hparams().n_vocab));
   return c;

@@ -21,8 +21,9 @@ struct ContextParams {
   int32_t n_batch = 2048;    // max tokens per decode() call (logical batch)
   int32_t n_ubatch = 512;    // max tokens per forward pass (physical batch)
   int n_threads = 0;         // 0 = all CPUs
-  DType type_k = DType::F16;
-  DType type_v = DType::F16;
+  DType type_k = DType::F16;  // K cache; for MLA models (deepseek2) the latent cache
+  DType type_v = DType::F16;  // V cache; unused by MLA models, whose one latent stream is type_k
+  MlaPath mla_path = MlaPath::Absorbed;  // MLA models only: how attention reads the latent cache
 };
 
 // Tokens to evaluate. Token i of sequence seq[i] sits at position pos[i].

@@ -57,6 +57,16 @@ std::string KvLayout::make(uint32_t n_cells, const std::vector<std::vector<Strea
       s.n_groups = rq.n_groups;
       s.scale_layout = kv_scale_layout_for(rq.dtype);
       s.group_bytes = dtype_row_bytes(rq.dtype, group);
+      if (rq.rope_elems != 0) {
+        if (rq.stream != KvStream::MlaLatent || rq.rope_elems >= group)
+          return "layer " + std::to_string(il) + " " + kv_stream_name(rq.stream) + ": a RoPE part of " + std::to_string(rq.rope_elems) +
+                 " elements needs an MLA latent row longer than that";
+        s.rope_elems = rq.rope_elems;
+        // The parts are separately addressable unless one scale spans the row (q8_KV), or a
+        // quantization block straddles the boundary (then the whole row is one unit, like q8_KV).
+        if (s.scale_layout != KvScaleLayout::PerRow && rq.rope_elems % dtype_traits(rq.dtype).block_elems == 0)
+          s.latent_offset_bytes = dtype_row_bytes(rq.dtype, rq.rope_elems);
+      }
       uint64_t row_bytes, cell_bytes, total_bytes;
       if (!checked_mul(rq.n_groups, s.group_bytes, &row_bytes) || !checked_add(l.cell_bytes_, row_bytes, &cell_bytes) ||
           !checked_mul(cell_bytes, n_cells, &total_bytes) || total_bytes > SIZE_MAX)
@@ -84,7 +94,9 @@ std::string KvLayout::describe() const {
   if (!layers_.empty()) {
     for (const auto& s : layers_[0].streams)
       out += std::string(", ") + kv_stream_name(s.stream) + " " + dtype_name(s.dtype) + "[" + std::to_string(s.n_groups) + " x " +
-             std::to_string(s.group_elems()) + "] " + std::to_string(s.row_bytes) + " B" +
+             std::to_string(s.group_elems()) + "]" +
+             (s.rope_elems ? " (rope " + std::to_string(s.rope_elems) + " + latent " + std::to_string(s.latent_elems()) + ")" : "") + " " +
+             std::to_string(s.row_bytes) + " B" +
              (s.scale_layout == KvScaleLayout::None ? "" : std::string(" scales ") + kv_scale_layout_name(s.scale_layout));
   }
   return out;

@@ -48,8 +48,17 @@ struct KvRowSpec {
   KvScaleLayout scale_layout = KvScaleLayout::None;  // derived from dtype by KvLayout::make
   size_t group_bytes = 0;  // bytes of one group (head) row; computed once by KvLayout::make
   size_t row_bytes = 0;    // n_groups * group_bytes; computed once by KvLayout::make
+  // MlaLatent only (0 for K and V): a group row holds two parts, in this order:
+  //   [rope_elems]                 the RoPE'd key part (the only part a K-shift rotates)
+  //   [group_elems - rope_elems]   the normalized latent (what attention sums values from)
+  uint32_t rope_elems = 0;
+  // Byte offset of the latent part inside a group row when the parts are separately addressable:
+  // float types, and block types whose block divides rope_elems. 0 when they are not (q8_KV:
+  // one scale covers the whole row, so readers dequantize and requantize whole rows).
+  size_t latent_offset_bytes = 0;
 
   uint32_t group_elems() const { return elems_per_row / n_groups; }
+  uint32_t latent_elems() const { return group_elems() - rope_elems; }
 };
 
 struct KvLayerLayout {
@@ -63,6 +72,7 @@ class KvLayout {
     DType dtype;
     uint32_t elems_per_row;
     uint32_t n_groups;
+    uint32_t rope_elems = 0;  // MlaLatent: elements of the leading RoPE part of a group row
   };
   // Returns an empty string on success, else why the request is impossible (for example an
   // element count that is not a multiple of the type's block size).

@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "core/matmul.h"
-#include "model/forward.h"
+#include "model/arch_forward.h"
 #include "model/model.h"
 
 namespace kvstash {
@@ -114,7 +114,7 @@ Status Model::load_llama() {
   return Status::ok();
 }
 
-Result<KvLayout> Model::kv_layout(uint32_t n_cells, DType type_k, DType type_v) const {
+Result<KvLayout> Model::kv_layout_llama(uint32_t n_cells, DType type_k, DType type_v) const {
   // Every cache type the attention path reads: float rows (dot_row / axpy_row), block-quantized
   // rows (q8_0, q4_0: one head row = head_dim / 32 blocks) and q8_KV (one scale per head row).
   for (auto [t, name] : {std::pair{type_k, "K"}, std::pair{type_v, "V"}}) {
@@ -175,7 +175,7 @@ inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
 }  // namespace
 
-void forward_scratch_init(const Model& model, int32_t n_ub, uint32_t n_cells, int n_threads, ForwardScratch* s) {
+void forward_scratch_init_llama(const Model& model, int32_t n_ub, uint32_t n_cells, int n_threads, ForwardScratch* s) {
   const Hparams& hp = model.hparams();
   const size_t n_q = size_t(hp.n_head) * hp.head_dim, n_kv = size_t(hp.n_head_kv) * hp.head_dim;
   s->n_ub = n_ub;
@@ -209,7 +209,7 @@ void forward_scratch_init(const Model& model, int32_t n_ub, uint32_t n_cells, in
   s->out_rows.reserve(n_ub);
 }
 
-void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelSet& k, ForwardScratch& s,
+void forward_llama(const Model& model, KvCache& cache, ThreadPool& pool, const KernelSet& k, ForwardScratch& s,
              const UBatch& ub, float* logits) {
   const Hparams& hp = model.hparams();
   const int32_t n = ub.n;
@@ -261,7 +261,7 @@ void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelS
     const size_t k_group_bytes = ks.group_bytes, v_group_bytes = vs.group_bytes;
     const DType q_dot_type = vec_dot_type(ks.dtype);
     const int32_t gqa = n_head / n_head_kv;
-    pool.run([&](int ith, int nth) {
+    auto attn_job = [&](int ith, int nth) {
       int64_t p0, p1;
       split_range(int64_t(n) * n_head, ith, nth, 1, &p0, &p1);
       float* sc = s.scores.data() + size_t(ith) * cache.n_cells();
@@ -298,7 +298,12 @@ void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelS
         const float inv = sum > 0.0 ? static_cast<float>(1.0 / sum) : 0.0f;
         for (size_t j = 0; j < n_vis; ++j) k.axpy_row(vs.dtype, cache.row(il, 1, cells[j]) + kvh * v_group_bytes, sc[j] * inv, o, hd);
       }
-    });
+    };
+    // Small attention work (short contexts, tiny models) runs on the caller: a dispatch would
+    // cost more than it saves. Rows are independent, so the result is the same either way.
+    const int64_t attn_macs = int64_t(n) * n_head * hd * int64_t(s.seq_cells[ub.seq[0]].size());
+    if (attn_macs < (int64_t(1) << 17)) attn_job(0, 1);
+    else pool.run(attn_job);
 
     a = prepare_acts(pool, k, act_type_for(L.wo.type), s.attn.data(), n, n_q, s.acts.data());
     matmul(pool, k, a, {{&L.wo, s.out.data(), n_embd}});
@@ -330,7 +335,7 @@ void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelS
 
 // ------------------------------------------------------------------ K-shift
 
-void apply_k_shift(const Model& model, KvCache& cache, ThreadPool& pool, const KernelSet& k, ForwardScratch& s) {
+void apply_k_shift_llama(const Model& model, KvCache& cache, ThreadPool& pool, const KernelSet& k, ForwardScratch& s) {
   if (!cache.has_shift()) return;
   const Hparams& hp = model.hparams();
   const int32_t hd = hp.head_dim, n_rot = hp.n_rot, n_head_kv = hp.n_head_kv;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/kernels.h"
+#include "core/matmul.h"
 #include "core/status.h"
 #include "core/threadpool.h"
 #include "kv/kv_cache.h"
@@ -23,6 +24,53 @@ struct UBatch {
   const uint8_t* want_logits = nullptr;  // [n]; 1 = write this token's logits
   const uint32_t* cells = nullptr;       // [n]; the cache cell each token's K/V goes to (already assigned)
   int32_t n = 0;
+};
+
+// How MLA attention (deepseek2) reads the latent cache. Both read the same cache rows, so a state
+// file does not depend on the path; results agree within rounding (tests/model/deepseek2_test.cpp).
+enum class MlaPath : uint8_t {
+  // Queries are projected into the latent space (q_nope through k_b) and attend over the cached
+  // rows directly: score = q_rope.k_rope + q_absorbed.latent; the latent-weighted sum is then
+  // up-projected by v_b. Cost per cached row: n_head * (n_rot + 2 * n_lora_kv). The default.
+  Absorbed = 0,
+  // Every cached row of the sequence is decompressed into K (nope part) and V per head, then
+  // ordinary multi-head attention runs. Cost per cached row and layer: a decompression of
+  // n_head * (head_dim_nope + head_dim_v) * n_lora_kv multiply-adds per forward pass, and
+  // n_ctx * n_head * (head_dim_nope + head_dim_v) floats of scratch. A reference path.
+  Naive = 1,
+};
+const char* mla_path_name(MlaPath p);
+
+// Buffers of the deepseek2 forward pass (MLA attention and MoE); empty for other architectures.
+// Shapes per micro-batch of n_ub tokens; "slots" are (token, routed expert) pairs.
+struct MlaMoeScratch {
+  std::vector<float> q_a;       // [n_ub, n_lora_q] q LoRA down-projection, normalized in place
+  std::vector<float> kv_a;      // [n_ub, n_lora_kv + n_rot] attn_kv_a_mqa output
+  std::vector<float> lat_row;   // [n_rot + n_lora_kv] one cache row before conversion to the cache type
+  std::vector<float> q_lat;     // absorbed: [n_ub, n_head, n_rot + n_lora_kv] queries in cache-row order
+  std::vector<float> o_lat;     // absorbed: [n_ub, n_head, n_lora_kv] attention output in latent space
+  std::vector<float> acc;       // [n_threads, n_rot + n_lora_kv] per-thread accumulator (q8_KV rows)
+  std::vector<uint8_t> acts2;   // [n_ub * n_head, q8_0 row of n_lora_kv] per-head activations
+  std::vector<float> lat_rows;  // naive: [n_cells, n_rot + n_lora_kv] one sequence's rows, dequantized
+  std::vector<uint8_t> lat_acts;  // naive: [n_cells, q8_0 row of n_lora_kv] their latent parts for q8 weights
+  std::vector<float> k_dec;     // naive: [n_cells, n_head, head_dim_nope]
+  std::vector<float> v_dec;     // naive: [n_cells, n_head, head_dim_v]
+  std::vector<int32_t> seq_toks;  // naive: [n_ub] tokens of the sequence being attended
+  // MoE
+  std::vector<float> router;    // [n_ub, n_expert] router logits
+  std::vector<float> route_tmp; // [n_expert * 2 + n_expert_groups] probabilities, selection scores, group scores
+  std::vector<int32_t> route_idx;  // [n_expert] sort indices
+  std::vector<int32_t> sel;     // [n_ub, n_expert_used] chosen experts, best first (rank order)
+  std::vector<float> sel_w;     // [n_ub, n_expert_used] their weights
+  std::vector<int32_t> slot;    // [n_ub, n_expert_used] slot of (token, rank); slots are grouped by expert
+  std::vector<int32_t> slot_tok;  // [n_ub * n_expert_used] token of each slot
+  std::vector<int32_t> exp_off;   // [n_expert + 1] first slot of each expert
+  std::vector<uint8_t> moe_x;   // [n_ub * n_expert_used, act row of n_embd] gathered expert inputs
+  std::vector<float> moe_g, moe_u;  // [n_ub * n_expert_used, n_ff_exp]
+  std::vector<uint8_t> moe_h;   // [n_ub * n_expert_used, act row of n_ff_exp] silu(g) * u, converted
+  std::vector<float> moe_y;     // [n_ub * n_expert_used, n_embd] expert outputs per slot
+  std::vector<float> shared;    // [n_ub, n_embd] shared-expert output
+  std::vector<GemmTask> tasks;  // per-head / per-expert products of one matmul_tasks call
 };
 
 struct ForwardScratch {
@@ -41,10 +89,15 @@ struct ForwardScratch {
   std::vector<std::vector<uint32_t>> seq_cells;               // [kMaxSeqs] cells sorted by pos
   std::vector<std::vector<int32_t>> seq_pos;                  // [kMaxSeqs] their positions
   std::vector<int32_t> out_rows;                              // rows that want logits
+  MlaPath mla_path = MlaPath::Absorbed;                       // deepseek2 only
+  MlaMoeScratch mla;                                          // deepseek2 only
 };
 
 // Sizes every buffer for `model`, micro-batches of n_ub tokens, a cache of n_cells, n_threads.
-void forward_scratch_init(const Model& model, int32_t n_ub, uint32_t n_cells, int n_threads, ForwardScratch* s);
+// mla_path selects the deepseek2 attention path (other architectures ignore it); the naive path's
+// decompression buffers are only allocated when it is chosen.
+void forward_scratch_init(const Model& model, int32_t n_ub, uint32_t n_cells, int n_threads, ForwardScratch* s,
+                          MlaPath mla_path = MlaPath::Absorbed);
 
 // Runs the model on ub; logits of the tokens with want_logits, in batch order, go to
 // logits [n_out, n_vocab]. Validation of token ids, positions and cells is the caller's.
@@ -56,6 +109,8 @@ void forward(const Model& model, KvCache& cache, ThreadPool& pool, const KernelS
 // rotated at position p and then by delta equals (up to rounding) a row rotated at p + delta.
 // Rows of every K type are dequantized, rotated in f32 and stored again with store_row (quantized
 // types are requantized, which adds one more rounding). V rows are position-free and untouched.
+// MLA latent rows: only the RoPE part rotates; the latent part is untouched where the layout says
+// the parts are separately addressable, else (q8_KV) the whole row is requantized.
 // Cells are independent, so the result does not depend on the thread count.
 void apply_k_shift(const Model& model, KvCache& cache, ThreadPool& pool, const KernelSet& k, ForwardScratch& s);
 

@@ -5,6 +5,7 @@ namespace kvstash {
 const char* arch_name(Arch a) {
   switch (a) {
     case Arch::Llama: return "llama";
+    case Arch::Deepseek2: return "deepseek2";
   }
   return "?";
 }
@@ -25,10 +26,21 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file) 
   if (arch == "llama") {
     m->arch_ = Arch::Llama;
     KV_RETURN_IF_ERROR(m->load_llama());
+  } else if (arch == "deepseek2") {
+    m->arch_ = Arch::Deepseek2;
+    KV_RETURN_IF_ERROR(m->load_deepseek2());
   } else {
-    return unsupported("model: architecture '" + arch + "' is not supported (supported: llama)");
+    return unsupported("model: architecture '" + arch + "' is not supported (supported: llama, deepseek2)");
   }
   return m;
+}
+
+Result<KvLayout> Model::kv_layout(uint32_t n_cells, DType type_k, DType type_v) const {
+  switch (arch_) {
+    case Arch::Llama: return kv_layout_llama(n_cells, type_k, type_v);
+    case Arch::Deepseek2: return kv_layout_deepseek2(n_cells, type_k);
+  }
+  return internal_error("model: unknown architecture");
 }
 
 uint64_t Model::n_params() const {
@@ -45,10 +57,21 @@ uint64_t Model::weight_bytes() const {
 
 uint64_t Model::weight_bytes_per_token() const {
   // Every tensor is read once per token, except the embedding table, of which one row is read
-  // (unless it doubles as the output matrix).
-  uint64_t n = weight_bytes();
+  // (unless it doubles as the output matrix), and routed experts, of which n_expert_used of
+  // n_expert are read. deepseek2 counts its default (absorbed) MLA path: it reads k_b, whether
+  // in the file or derived at load, and not the latent -> k_nope matrices (k_dec).
+  uint64_t n = weight_bytes() + derived_bytes_;
+  for (const Deepseek2Layer& L : ds2_layers_)
+    for (const MatRef& m : L.k_dec) n -= static_cast<uint64_t>(m.n_rows) * m.row_bytes;
   const GgufTensorInfo* emb = file_->find_tensor("token_embd.weight");
   if (emb && output_.data != emb->data) n -= emb->n_bytes - emb->row_bytes();
+  if (hp_.n_expert > 0) {
+    for (const auto& t : file_->tensors()) {
+      const std::string_view nm = t.name;
+      if (nm.size() > 12 && nm.substr(nm.size() - 12) == "_exps.weight")
+        n -= t.n_bytes - t.n_bytes / hp_.n_expert * hp_.n_expert_used;
+    }
+  }
   return n;
 }
 
@@ -74,6 +97,13 @@ const ModelFingerprint& Model::fingerprint() const {
     for (uint32_t v : {hp_.n_vocab, hp_.n_embd, hp_.n_layer, hp_.n_head, hp_.n_head_kv, hp_.head_dim, hp_.n_rot, hp_.n_ff, hp_.n_ctx_train}) h.u32(v);
     h.put<float>(hp_.rope_freq_base);
     h.put<float>(hp_.rms_eps);
+    if (arch_ == Arch::Deepseek2) {  // appended only here, so llama hashes (and old files) are unchanged
+      for (uint32_t v : {hp_.n_lora_q, hp_.n_lora_kv, hp_.head_dim_v, hp_.n_layer_dense_lead, hp_.n_expert, hp_.n_expert_used,
+                         hp_.n_expert_shared, hp_.n_ff_exp, hp_.n_expert_groups, hp_.n_expert_groups_used, hp_.rope_n_ctx_orig,
+                         static_cast<uint32_t>(hp_.expert_gating), static_cast<uint32_t>(hp_.rope_scaling), uint32_t(hp_.expert_weights_norm)})
+        h.u32(v);
+      for (float v : {hp_.rope_freq_scale, hp_.yarn_log_mul, hp_.yarn_beta_fast, hp_.yarn_beta_slow, hp_.expert_weights_scale}) h.put<float>(v);
+    }
     fp.hparams_hash = XXH3_64bits(h.b.data(), h.b.size());
 
     const Vocab& v = *vocab_;

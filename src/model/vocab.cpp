@@ -1,6 +1,7 @@
 // Vocab loading (tokenizer.ggml.* metadata) and the tokenizer-independent parts of (de)tokenizing,
 // ported from llama.cpp's llama_vocab::impl (src/llama-vocab.cpp): load(),
-// tokenizer_st_partition(), tokenize(), token_to_piece() and detokenize().
+// tokenizer_st_partition(), tokenize(), token_to_piece() and detokenize(). The segmentation of
+// raw text lives in tokenizer_spm.cpp and tokenizer_bpe.cpp (+ pretokenizer.cpp).
 #include "model/vocab.h"
 
 #include <algorithm>
@@ -11,12 +12,15 @@
 #include <set>
 
 #include "gguf/gguf_reader.h"
+#include "model/tokenizer_bpe.h"
 #include "model/tokenizer_spm.h"
 
 namespace kvstash {
 namespace {
 
 constexpr const char* kKeyModel = "tokenizer.ggml.model";
+constexpr const char* kKeyPre = "tokenizer.ggml.pre";
+constexpr const char* kKeyMerges = "tokenizer.ggml.merges";
 constexpr const char* kKeyTokens = "tokenizer.ggml.tokens";
 constexpr const char* kKeyScores = "tokenizer.ggml.scores";
 constexpr const char* kKeyTokenType = "tokenizer.ggml.token_type";
@@ -92,6 +96,48 @@ std::string unescape_whitespace(const std::string& text) {
   return out;
 }
 
+// llama.cpp llama_vocab::impl::detokenize, the clean_spaces passes, ported literally (the
+// second pass blanks the space after " ' " in place, which the third pass then sees).
+void clean_up_spaces(std::string& s) {
+  char* text = s.data();
+  const int64_t n = static_cast<int64_t>(s.size());
+  // First pass: " ?", " !", " .", " ," lose the space.
+  int64_t total = n ? 1 : 0;
+  for (int64_t i = 1; i < n; ++i) {
+    const char x = text[i];
+    if (text[i - 1] == ' ' && (x == '?' || x == '!' || x == '.' || x == ',')) --total;
+    text[total++] = x;
+  }
+  // Second pass: " ' " -> "'".
+  const int64_t total2 = total;
+  total = total ? 1 : 0;
+  for (int64_t i = 1; i < total2; ++i) {
+    const char x = text[i];
+    if (x == '\'' && i + 1 < total2 && text[i - 1] == ' ' && text[i + 1] == ' ') {
+      --total;
+      text[++i] = '\0';
+    }
+    text[total++] = x;
+  }
+  // Third pass: " 's", " 'm", " 're", " 've" lose the space (" 't", " 'd", " 'll" keep it).
+  const int64_t total3 = total;
+  total = total ? 1 : 0;
+  for (int64_t i = 1; i < total3; ++i) {
+    const char x = text[i];
+    if (text[i - 1] == ' ' && x == '\'' && i + 1 < total3) {
+      const char x1 = text[i + 1];
+      if (x1 == 's' || x1 == 'm') {
+        --total;
+      } else if (x1 != 't' && x1 != 'd' && i + 2 < total3) {
+        const char x2 = text[i + 2];
+        if ((x1 == 'r' && x2 == 'e') || (x1 == 'v' && x2 == 'e')) --total;
+      }
+    }
+    text[total++] = x;
+  }
+  s.resize(static_cast<size_t>(total));
+}
+
 }  // namespace
 
 Result<Vocab> Vocab::from_gguf(const GgufFile& f) {
@@ -102,24 +148,77 @@ Result<Vocab> Vocab::from_gguf(const GgufFile& f) {
 
 Status Vocab::load(const GgufFile& f) {
   KV_ASSIGN_OR_RETURN(const std::string model, f.get_string(kKeyModel));
-  if (model == "gpt2") return unsupported("vocab: tokenizer model 'gpt2' (BPE) is not supported yet");
-  if (model != "llama") {
+  if (model == "llama") {
+    // llama.cpp defaults for SPM.
+    kind_ = VocabKind::Spm;
+    add_space_prefix_ = true;
+    add_bos_ = true;
+    add_eos_ = false;
+    clean_spaces_ = false;
+  } else if (model == "gpt2") {
+    KV_RETURN_IF_ERROR(load_bpe_model(f));
+  } else {
     static constexpr std::string_view kKnown[] = {"no_vocab", "none", "bert", "t5", "rwkv", "plamo2", "hybriddna", "whitespace", "gemma4"};
     const bool known = std::find(std::begin(kKnown), std::end(kKnown), model) != std::end(kKnown);
     return unsupported(std::string("vocab: ") + (known ? "" : "unknown ") + "tokenizer model '" + model + "' in " + kKeyModel +
-                       " is not supported (supported: 'llama')");
+                       " is not supported (supported: 'llama', 'gpt2')");
   }
-  // llama.cpp defaults for SPM.
-  kind_ = VocabKind::Spm;
-  add_space_prefix_ = true;
-  add_bos_ = true;
-  add_eos_ = false;
   KV_RETURN_IF_ERROR(read_optional_bool(f, kKeyAddSpacePrefix, &add_space_prefix_));
 
   KV_RETURN_IF_ERROR(load_tokens(f));
+  if (kind_ == VocabKind::Bpe) KV_RETURN_IF_ERROR(load_merges(f));
   KV_RETURN_IF_ERROR(load_special_ids(f));
   detect_special_by_text();
   build_caches(f);
+  return Status::ok();
+}
+
+// llama.cpp defaults for BPE and the flags its pre-tokenizer types set.
+Status Vocab::load_bpe_model(const GgufFile& f) {
+  kind_ = VocabKind::Bpe;
+  add_space_prefix_ = false;
+  add_bos_ = false;
+  add_eos_ = false;
+  clean_spaces_ = true;
+  ignore_merges_ = false;
+  std::string pre;  // absent: llama.cpp warns and uses its default pre-tokenizer
+  if (f.find(kKeyPre)) {
+    KV_ASSIGN_OR_RETURN(pre, f.get_string(kKeyPre));
+  }
+  KV_ASSIGN_OR_RETURN(const PreTokenizerKind pre_kind, pre_tokenizer_kind_from_name(pre));
+  switch (pre_kind) {
+    case PreTokenizerKind::Llama3:
+      ignore_merges_ = true;
+      add_bos_ = true;
+      break;
+    case PreTokenizerKind::DeepseekLlm:
+      clean_spaces_ = false;
+      break;
+    case PreTokenizerKind::Default:
+    case PreTokenizerKind::Gpt2:
+      break;
+  }
+  KV_ASSIGN_OR_RETURN(pre_, PreTokenizer::create(pre_kind));
+  return Status::ok();
+}
+
+// Each entry is "left right", split at the first space after the first byte (llama.cpp
+// word.find(' ', 1), so a left part may be a lone space and the right part may hold spaces).
+// llama.cpp silently files an entry without that split under the pair ("", ""); we refuse it.
+Status Vocab::load_merges(const GgufFile& f) {
+  KV_ASSIGN_OR_RETURN(const GgufValue* merges, f.get_array(kKeyMerges, GgufType::STRING));
+  const size_t n = merges->strs.size();
+  if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+    return corruption(std::string("vocab: ") + kKeyMerges + " has " + std::to_string(n) + " entries, expected at most 2^31-1");
+  merges_.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& entry = merges->strs[i];
+    const size_t pos = entry.find(' ', 1);
+    if (pos == std::string::npos || pos + 1 == entry.size())
+      return corruption(std::string("vocab: ") + kKeyMerges + "[" + std::to_string(i) + "] is '" + entry +
+                        "', expected two non-empty parts separated by a space");
+    merges_.add(std::string_view(entry).substr(0, pos), std::string_view(entry).substr(pos + 1), static_cast<int32_t>(i));
+  }
   return Status::ok();
 }
 
@@ -188,8 +287,13 @@ Status Vocab::load_tokens(const GgufFile& f) {
     }
   }
 
-  // llama.cpp byte_to_token: "<0xNN>" (upper-case hex), else the one-byte token.
+  // llama.cpp byte_to_token. SPM: "<0xNN>" (upper-case hex), else the one-byte token. BPE: the
+  // byte-level character.
   for (int b = 0; b < 256; ++b) {
+    if (kind_ == VocabKind::Bpe) {
+      byte_to_token_[b] = find_token(bpe::byte_to_unicode(static_cast<uint8_t>(b)));
+      continue;
+    }
     char buf[8];
     std::snprintf(buf, sizeof buf, "<0x%02X>", b);
     int32_t id = find_token(buf);
@@ -201,11 +305,21 @@ Status Vocab::load_tokens(const GgufFile& f) {
 
 Status Vocab::load_special_ids(const GgufFile& f) {
   const int32_t n = n_tokens();
-  bos_id_ = 1;  // llama.cpp SPM defaults
-  eos_id_ = 2;
-  unk_id_ = 0;
   // Computed before the special ids are read, so it sees the default pad (none), as llama.cpp.
-  nl_id_ = byte_to_token_[static_cast<uint8_t>('\n')] >= 0 ? byte_to_token_[static_cast<uint8_t>('\n')] : pad_id_;
+  if (kind_ == VocabKind::Spm) {
+    bos_id_ = 1;  // llama.cpp SPM defaults
+    eos_id_ = 2;
+    unk_id_ = 0;
+    nl_id_ = byte_to_token_[static_cast<uint8_t>('\n')] >= 0 ? byte_to_token_[static_cast<uint8_t>('\n')] : pad_id_;
+  } else {
+    bos_id_ = 11;  // llama.cpp BPE defaults
+    eos_id_ = 11;
+    unk_id_ = -1;
+    // llama.cpp: tokenize("\n", false) while no special token is cached yet: the raw BPE path.
+    std::vector<int32_t> ids;
+    bpe::tokenize_text(*this, pre_, merges_, ignore_merges_, "\n", ids);
+    nl_id_ = ids.empty() ? pad_id_ : ids[0];
+  }
 
   const std::pair<const char*, int32_t*> keys[] = {
       {kKeyBosId, &bos_id_},
@@ -333,22 +447,34 @@ void Vocab::build_caches(const GgufFile& f) {
     if (t.attr & (kAttrUnknown | kAttrControl | kAttrUserDefined)) {
       pieces_[id] = t.text;
     } else if (t.attr & kAttrNormal) {
-      pieces_[id] = unescape_whitespace(t.text);
+      pieces_[id] = kind_ == VocabKind::Bpe ? bpe::decode_text(t.text) : unescape_whitespace(t.text);
     } else if ((t.attr & kAttrByte) && t.byte >= 0) {
       pieces_[id] = std::string(1, static_cast<char>(t.byte));
     }  // unused / undefined: ""
   }
 
-  // Per-model attributes llama.cpp sets by name (after the caches). Phi-3 strips the spaces
-  // right of its special tokens. (The jina / modern-bert <mask> rules concern BPE/WPM vocabs.)
-  std::string name;
-  if (const GgufValue* v = f.find("general.name"); v && v->type == GgufType::STRING) name = v->str;
+  // Per-model attributes llama.cpp sets by name (after the caches), first rule that applies:
+  // jina-v2 / nomic-bert-moe / jina-bert-v3 strip spaces left of "<mask>"; Phi-3 strips the
+  // spaces right of its special tokens; modern-bert strips spaces left of "[MASK]".
+  auto string_key = [&](const char* key) {
+    const GgufValue* v = f.find(key);
+    return v && v->type == GgufType::STRING ? v->str : std::string();
+  };
+  auto contains_any = [](const std::string& s, std::initializer_list<std::string_view> subs) {
+    return std::any_of(subs.begin(), subs.end(), [&](std::string_view sub) { return s.find(sub) != std::string::npos; });
+  };
+  std::string name = string_key("general.name");
   std::transform(name.begin(), name.end(), name.begin(), [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); });
-  if (name.find("phi-3") != std::string::npos || name.find("phi3") != std::string::npos) {
+  if (contains_any(string_key(kKeyPre), {"jina-v2-de", "jina-v2-es", "jina-v2-code"}) ||
+      contains_any(string_key("general.architecture"), {"nomic-bert-moe", "jina-bert-v3"})) {
+    if (int32_t id = find_token("<mask>"); id >= 0) tokens_[id].attr |= kAttrLstrip;
+  } else if (contains_any(name, {"phi-3", "phi3"})) {
     for (int32_t id : special_by_len_) tokens_[id].attr |= kAttrRstrip;
     if (int32_t id = find_token("</s>"); id >= 0) tokens_[id].attr |= kAttrRstrip;
     for (const char* text : {"<unk>", "<s>", "<|endoftext|>"})
       if (int32_t id = find_token(text); id >= 0) tokens_[id].attr &= ~static_cast<uint32_t>(kAttrRstrip);
+  } else if (contains_any(name, {"modern-bert"})) {
+    if (int32_t id = find_token("[MASK]"); id >= 0) tokens_[id].attr |= kAttrLstrip;
   }
 }
 
@@ -421,12 +547,22 @@ void Vocab::partition_special(std::string_view text, bool parse_special, std::ve
 
 std::vector<int32_t> Vocab::tokenize(std::string_view text, bool add_special, bool parse_special) const {
   std::vector<int32_t> out;
-  if (kind_ != VocabKind::Spm) return out;  // from_gguf admits SPM only
   std::vector<Fragment> frags;
   partition_special(text, parse_special, frags);
 
   out.reserve(text.size() / 3 + 2);
   if (add_special && add_bos_) out.push_back(bos_id_);  // load() guarantees bos_id_ >= 0
+  if (kind_ == VocabKind::Bpe) {
+    for (const Fragment& fr : frags) {
+      if (fr.token >= 0) {
+        out.push_back(fr.token);
+      } else {
+        bpe::tokenize_text(*this, pre_, merges_, ignore_merges_, text.substr(fr.offset, fr.length), out);
+      }
+    }
+    if (add_special && add_eos_) out.push_back(eos_id_);
+    return out;
+  }
   // The space prefix goes before the first raw fragment and after every special token
   // (llama.cpp's is_prev_special starts true, also without BOS).
   bool is_prev_special = true;
@@ -473,6 +609,7 @@ std::string Vocab::detokenize(const std::vector<int32_t>& ids, bool special, boo
     const std::string& piece = pieces_[id];
     out.append(piece, (strip && !piece.empty() && piece[0] == ' ') ? 1 : 0);
   }
+  if (clean_spaces_) clean_up_spaces(out);
   return out;
 }
 

@@ -1,7 +1,9 @@
 // Vocabulary and tokenizer front end: token texts, scores, types and special ids read from the
 // GGUF tokenizer.ggml.* metadata, plus tokenize / token_to_piece / detokenize that reproduce
-// llama.cpp (llama-vocab.cpp) bit for bit. Only SPM ("llama") vocabularies are supported for now.
-// Owns: its own copy of the token table and the lookup caches built once in from_gguf.
+// llama.cpp (llama-vocab.cpp) bit for bit, for SPM ("llama") and byte-level BPE ("gpt2")
+// vocabularies; BPE with the pre-tokenizers listed in pretokenizer.h.
+// Owns: its own copy of the token table, the BPE merge table and pre-tokenizer, and the lookup
+// caches built once in from_gguf.
 // Never throws, never aborts on bad metadata (it is validated into a Status); any id is accepted
 // by the const accessors (out of range -> empty/neutral answer). Thread-safe: immutable after load.
 #pragma once
@@ -13,6 +15,8 @@
 #include <vector>
 
 #include "core/status.h"
+#include "model/pretokenizer.h"
+#include "model/tokenizer_bpe.h"
 
 namespace kvstash {
 
@@ -26,13 +30,19 @@ enum class VocabKind { Spm, Bpe };
 class Vocab {
  public:
   // Reads tokenizer.ggml.* from `f` and validates it. Errors name the offending key:
-  //   NotFound        tokenizer.ggml.model / tokenizer.ggml.tokens missing
+  //   NotFound        tokenizer.ggml.model / tokenizer.ggml.tokens / (BPE) tokenizer.ggml.merges
+  //                   missing
   //   InvalidArgument a key has the wrong GGUF type
   //   Corruption      array lengths differ, special id out of range, duplicate token text,
-  //                   malformed <0xNN> byte token, NaN score, add_bos/add_eos without the token
-  //   Unsupported     tokenizer model other than "llama" (SPM)
+  //                   malformed <0xNN> byte token, NaN score, add_bos/add_eos without the token,
+  //                   (BPE) a tokenizer.ggml.merges entry that is not "left right" (the error
+  //                   names the index)
+  //   Unsupported     tokenizer model other than "llama" (SPM) and "gpt2" (BPE); BPE with a
+  //                   tokenizer.ggml.pre that pretokenizer.h does not list (named in the error)
   // Special ids equal to 0xFFFFFFFF (or a negative integer) mean "not set" (llama.cpp's
-  // converters write that) and keep llama.cpp's default (SPM: bos 1, eos 2, unk 0).
+  // converters write that) and keep llama.cpp's default (SPM: bos 1, eos 2, unk 0; BPE: bos 11,
+  // eos 11, no unk). BPE adds no BOS by default, except llama-3 ("llama-bpe"); add_bos_token
+  // overrides either way.
   static Result<Vocab> from_gguf(const GgufFile& f);
 
   Vocab(Vocab&&) = default;
@@ -51,10 +61,21 @@ class Vocab {
   int32_t unk_id() const { return unk_id_; }
   int32_t sep_id() const { return sep_id_; }
   int32_t pad_id() const { return pad_id_; }
-  int32_t nl_id() const { return nl_id_; }  // SPM: the byte token for '\n', else pad_id()
+  // SPM: the byte token for '\n'; BPE: the first id of tokenize("\n"); else pad_id() (as it
+  // was before the special ids were read, as llama.cpp).
+  int32_t nl_id() const { return nl_id_; }
   bool add_bos() const { return add_bos_; }
   bool add_eos() const { return add_eos_; }
   bool add_space_prefix() const { return add_space_prefix_; }
+  // llama.cpp clean_spaces: detokenize() drops the space before ?!., and around some
+  // apostrophes. BPE: true, except deepseek-llm; SPM: false.
+  bool clean_spaces() const { return clean_spaces_; }
+  // BPE: llama.cpp ignore_merges (llama-3): a pre-tokenized word that is a token is not merged.
+  bool ignore_merges() const { return ignore_merges_; }
+  // BPE: the pre-tokenizer chosen by tokenizer.ggml.pre and the number of distinct merges.
+  // SPM: an empty pre-tokenizer and 0.
+  const PreTokenizer& pre_tokenizer() const { return pre_; }
+  size_t n_merges() const { return merges_.size(); }
 
   // End-of-generation: eos, eot, eom, fim pad/rep/sep and the llama.cpp list of EOG texts.
   bool is_eog(int32_t id) const;
@@ -70,24 +91,29 @@ class Vocab {
 
   // Exact text -> id lookup (no allocation); -1 when absent.
   int32_t find_token(std::string_view text) const;
-  // Byte-fallback token for one byte: "<0xNN>", else the one-byte token, else -1.
+  // Token for one byte. SPM: "<0xNN>", else the one-byte token; BPE: the byte-level character
+  // (bpe::byte_to_unicode). -1 when the vocab has none.
   int32_t byte_to_token(uint8_t byte) const { return byte_to_token_[byte]; }
 
   // llama.cpp llama_tokenize(). add_special: prepend BOS if add_bos(), append EOS if add_eos().
   // parse_special: control and unknown token texts inside `text` become those ids.
   // User-defined token texts are always matched (as in llama.cpp). Any bytes are accepted
-  // (invalid UTF-8 included); bytes that no token covers become byte tokens, or unk_id() when
-  // the vocab has no byte token for them, or are dropped when it has no unk either.
+  // (invalid UTF-8 included). SPM: bytes that no token covers become byte tokens, or unk_id()
+  // when the vocab has no byte token for them, or are dropped when it has no unk either.
+  // BPE: text is decoded as llama.cpp does (an invalid byte becomes U+FFFD, see
+  // PreTokenizer::split), so detokenize() returns it re-encoded; a symbol with no token falls
+  // back to its one-byte tokens, and bytes without one are dropped.
   std::vector<int32_t> tokenize(std::string_view text, bool add_special, bool parse_special = false) const;
 
-  // llama.cpp llama_token_to_piece(lstrip = 0): '▁' -> ' ' for normal tokens, <0xNN> -> the
-  // raw byte, control/unknown -> "" unless `special`, user-defined -> its text, unused or
-  // undefined -> "". Out-of-range ids give "".
+  // llama.cpp llama_token_to_piece(lstrip = 0): normal tokens: SPM '▁' -> ' ', BPE byte-level
+  // characters -> bytes (bpe::decode_text); <0xNN> -> the raw byte, control/unknown -> "" unless
+  // `special`, user-defined -> its text, unused or undefined -> "". Out-of-range ids give "".
   std::string token_to_piece(int32_t id, bool special = false) const;
 
   // llama.cpp common_detokenize(ids, special) = llama_detokenize(remove_special = false):
   // pieces concatenated; when add_space_prefix(), one leading space of the FIRST token's piece
-  // is dropped (the space tokenize added). Out-of-range ids contribute "".
+  // is dropped (the space tokenize added); then, when clean_spaces(), llama.cpp's space clean-up
+  // (so for GPT-2 detokenize(tokenize(" ?")) is "?"). Out-of-range ids contribute "".
   std::string detokenize(const std::vector<int32_t>& ids, bool special = false) const;
   // Full llama_detokenize: remove_special also drops a leading BOS (then no space is removed)
   // and a trailing EOS, when the vocab adds them.
@@ -126,6 +152,8 @@ class Vocab {
   Vocab() = default;
   Status load(const GgufFile& f);
   Status load_tokens(const GgufFile& f);
+  Status load_bpe_model(const GgufFile& f);
+  Status load_merges(const GgufFile& f);
   Status load_special_ids(const GgufFile& f);
   void detect_special_by_text();
   void build_caches(const GgufFile& f);
@@ -145,6 +173,9 @@ class Vocab {
   int32_t fim_pre_id_ = -1, fim_suf_id_ = -1, fim_mid_id_ = -1;
   int32_t fim_pad_id_ = -1, fim_rep_id_ = -1, fim_sep_id_ = -1;
   bool add_bos_ = false, add_eos_ = false, add_space_prefix_ = false;
+  bool clean_spaces_ = false, ignore_merges_ = false;
+  PreTokenizer pre_;         // BPE only
+  bpe::MergeRanks merges_;   // BPE only
 };
 
 }  // namespace kvstash

@@ -287,7 +287,9 @@ Status Reader::walk_rest(StateInfo* info, const ApplyFn& apply, std::vector<floa
         return corruption(where + ": section is for layer " + std::to_string(load_le<uint32_t>(b8)) + " stream " + std::to_string(load_le<uint32_t>(b8 + 4)));
       XXH3_64bits_reset(st_);
       XXH3_64bits_update(st_, b8, 8);
-      const uint32_t rows_per_chunk = static_cast<uint32_t>(std::max<size_t>(1, (size_t(1) << 20) / s.row_bytes));
+      // Chunks of about 1 MiB, but never more rows than the section holds.
+      const uint32_t rows_per_chunk =
+          std::max<uint32_t>(1, std::min<uint32_t>(n, static_cast<uint32_t>(std::max<size_t>(1, (size_t(1) << 20) / s.row_bytes))));
       chunk_.resize(size_t(rows_per_chunk) * s.row_bytes);
       for (uint32_t k0 = 0; k0 < n; k0 += rows_per_chunk) {
         const uint32_t m = std::min(rows_per_chunk, n - k0);
@@ -325,7 +327,7 @@ Status Reader::walk_rest(StateInfo* info, const ApplyFn& apply, std::vector<floa
     if (f.flags & kFlagRequired) return unsupported("state: required section '" + tag_name(f.tag) + "' is not understood by this version");
     // Unknown optional section (newer minor): verify and skip.
     XXH3_64bits_reset(st_);
-    chunk_.resize(size_t(1) << 20);
+    chunk_.resize(static_cast<size_t>(std::min<uint64_t>(f.len == 0 ? 1 : f.len, uint64_t(1) << 20)));
     for (uint64_t o = 0; o < f.len; o += chunk_.size()) {
       const size_t m = static_cast<size_t>(std::min<uint64_t>(chunk_.size(), f.len - o));
       KV_RETURN_IF_ERROR(src_.read_at(f.off + o, chunk_.data(), m));

@@ -155,5 +155,33 @@ TEST_F(Cli, MkmodelWritesLoadableModelsOfEveryType) {
   EXPECT_NE(bad.err.find("unknown preset 'nope'"), std::string::npos);
 }
 
+// issue 4: a deepseek2 preset with the deepseek-llm vocabulary runs on both MLA paths; with f32
+// weights and cache both paths pick the same greedy tokens; bench accepts the MLA paths.
+TEST_F(Cli, MkmodelDeepseek2RunsOnBothMlaPaths) {
+  const fs::path m = dir_ / "tiny-ds2.gguf";
+  Proc p = run("mkmodel --preset tiny-deepseek2 --n-layer 2 --type f32 --vocab " + test::model_path("ggml-vocab-deepseek-llm.gguf") + " -o " + m.string());
+  ASSERT_EQ(p.code, 0) << p.err;
+  Proc g = run("gguf " + m.string());
+  ASSERT_EQ(g.code, 0) << g.err;
+  for (const char* t : {"blk.0.attn_kv_a_mqa.weight", "blk.0.attn_kv_b.weight", "blk.0.attn_q_a.weight", "blk.1.ffn_gate_exps.weight",
+                        "blk.1.ffn_down_shexp.weight", "deepseek2.attention.kv_lora_rank", "deepseek2.rope.scaling.type"})
+    EXPECT_NE(g.out.find(t), std::string::npos) << t;
+  nlohmann::json ids[2];
+  int i = 0;
+  for (const std::string path : {"absorbed", "naive"}) {
+    const fs::path out = dir_ / ("ids-" + path + ".json");
+    Proc r = run("run -m " + m.string() + " -p \"Hello world\" -n 8 --temp 0 --ignore-eos -t 2 -ctk f32 --mla-path " + path +
+                 " --token-ids-out " + out.string());
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.err.find("MLA path " + path), std::string::npos) << r.err;
+    ids[i++] = nlohmann::json::parse(slurp(out));
+  }
+  EXPECT_EQ(ids[0]["generated_token_ids"].size(), 8u);
+  EXPECT_EQ(ids[0]["generated_token_ids"], ids[1]["generated_token_ids"]);
+  EXPECT_NE(run("run -m " + m.string() + " -p hi -n 1 --mla-path sideways").code, 0);
+  Proc b = run("bench -m " + m.string() + " -p 8 -n 4 -r 1 -t 2 --attn naive");
+  EXPECT_EQ(b.code, 0) << b.err;
+}
+
 }  // namespace
 }  // namespace kvstash

@@ -19,53 +19,7 @@
 #include <string>
 #include <vector>
 
-// ---- Allocation counter: every global operator new form is replaced and counted. ----
-namespace {
-std::atomic<int64_t> g_n_allocs{0};
-
-void* counted_malloc(std::size_t n) noexcept {
-  g_n_allocs.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(n == 0 ? 1 : n);
-}
-void* counted_aligned(std::size_t n, std::align_val_t a) noexcept {
-  g_n_allocs.fetch_add(1, std::memory_order_relaxed);
-  const auto al = static_cast<std::size_t>(a);
-  const std::size_t size = n == 0 ? al : (n + al - 1) / al * al;  // aligned_alloc wants a multiple
-  return std::aligned_alloc(al, size);
-}
-// Out of line so GCC's -Wmismatched-new-delete does not see free() of an operator-new pointer
-// (every form here allocates with malloc/aligned_alloc, so free() is the matching release).
-[[gnu::noinline]] void release(void* p) noexcept { std::free(p); }
-void* or_throw(void* p) {
-  if (p == nullptr) throw std::bad_alloc();
-  return p;
-}
-}  // namespace
-
-void* operator new(std::size_t n) { return or_throw(counted_malloc(n)); }
-void* operator new[](std::size_t n) { return or_throw(counted_malloc(n)); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
-void* operator new(std::size_t n, std::align_val_t a) { return or_throw(counted_aligned(n, a)); }
-void* operator new[](std::size_t n, std::align_val_t a) { return or_throw(counted_aligned(n, a)); }
-void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return counted_aligned(n, a);
-}
-void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return counted_aligned(n, a);
-}
-void operator delete(void* p) noexcept { release(p); }
-void operator delete[](void* p) noexcept { release(p); }
-void operator delete(void* p, std::size_t) noexcept { release(p); }
-void operator delete[](void* p, std::size_t) noexcept { release(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { release(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { release(p); }
-void operator delete(void* p, std::align_val_t) noexcept { release(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { release(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { release(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { release(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { release(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { release(p); }
+#include "alloc_counter.h"
 
 namespace kvstash {
 namespace {
@@ -652,12 +606,12 @@ TEST(SamplerAlloc, NoHeapAllocationAfterConstruction) {
   SamplerParams greedy = greedy_params();
   greedy.repeat_penalty = 1.2f;
 
-  const int64_t before_ctor = g_n_allocs.load();
+  const int64_t before_ctor = kvstash::test::n_allocs();
   Sampler a(with_k, kVocab);
   Sampler b(top_p_only, kVocab);
   Sampler c(whole_history, kVocab);
   Sampler d(greedy, kVocab);
-  const int64_t after_ctor = g_n_allocs.load();
+  const int64_t after_ctor = kvstash::test::n_allocs();
   EXPECT_GT(after_ctor, before_ctor);  // the counter sees the scratch allocations
 
   Sampler* all[4] = {&a, &b, &c, &d};
@@ -671,7 +625,7 @@ TEST(SamplerAlloc, NoHeapAllocationAfterConstruction) {
       if (step == 150) all[i]->reset();
     }
   }
-  EXPECT_EQ(g_n_allocs.load(), after_ctor);
+  EXPECT_EQ(kvstash::test::n_allocs(), after_ctor);
   EXPECT_NE(sink[0] | sink[1] | sink[2] | sink[3], -1);  // keep the work observable
 }
 

@@ -171,6 +171,19 @@ TEST(KvLayout, MakeRefusesBadShapesAndDescribesScales) {
   EXPECT_NE(d.find("per-row"), std::string::npos) << d;
   EXPECT_NE(d.find("per-block32"), std::string::npos) << d;
   EXPECT_EQ(kv_scale_layout_for(DType::BF16), KvScaleLayout::None);
+  // MLA latent rows: the RoPE part leads; its byte size locates the latent part when the type
+  // allows addressing it separately (blocks that do not straddle the boundary, no row scale).
+  ASSERT_EQ(KvLayout::make(4, {{{KvStream::MlaLatent, DType::Q8_0, 576, 1, 64}}}, &l), "");
+  EXPECT_EQ(l.find(0, KvStream::MlaLatent)->latent_offset_bytes, 2u * 34);
+  EXPECT_EQ(l.find(0, KvStream::MlaLatent)->latent_elems(), 512u);
+  ASSERT_EQ(KvLayout::make(4, {{{KvStream::MlaLatent, DType::Q8_0, 576, 1, 48}}}, &l), "");
+  EXPECT_EQ(l.find(0, KvStream::MlaLatent)->latent_offset_bytes, 0u);  // a block straddles: whole rows
+  ASSERT_EQ(KvLayout::make(4, {{{KvStream::MlaLatent, DType::Q8_KV, 576, 1, 64}}}, &l), "");
+  EXPECT_EQ(l.find(0, KvStream::MlaLatent)->latent_offset_bytes, 0u);  // one scale per row: whole rows
+  ASSERT_EQ(KvLayout::make(4, {{{KvStream::MlaLatent, DType::BF16, 576, 1, 64}}}, &l), "");
+  EXPECT_EQ(l.find(0, KvStream::MlaLatent)->latent_offset_bytes, 128u);
+  EXPECT_NE(KvLayout::make(4, {{{KvStream::K, DType::F16, 64, 1, 16}}}, &l), "");           // a RoPE part only for MLA
+  EXPECT_NE(KvLayout::make(4, {{{KvStream::MlaLatent, DType::F16, 64, 1, 64}}}, &l), "");   // no latent part left
   // Sizes that overflow are refused, not wrapped.
   EXPECT_NE(KvLayout::make(0xffffffffu, {{{KvStream::K, DType::F32, 0x80000000u, 1}}, {{KvStream::K, DType::F32, 0x80000000u, 1}}}, &l), "");
 }
