@@ -150,11 +150,11 @@ int main(int argc, char** argv) {
       g_setups.push_back(std::move(s));
       const std::string suffix = "/" + tname + "/" + ns;
       benchmark::RegisterBenchmark(("state_save_durable" + suffix).c_str(), [sp](benchmark::State& st) { BM_Save(st, sp, true); })
-          ->Unit(benchmark::kMillisecond)->MinTime(2.0);
+          ->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
       benchmark::RegisterBenchmark(("state_save_nofsync" + suffix).c_str(), [sp](benchmark::State& st) { BM_Save(st, sp, false); })
-          ->Unit(benchmark::kMillisecond)->MinTime(2.0);
+          ->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
       benchmark::RegisterBenchmark(("state_restore" + suffix).c_str(), [sp](benchmark::State& st) { BM_Restore(st, sp); })
-          ->Unit(benchmark::kMillisecond)->MinTime(2.0);
+          ->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
     }
   }
   benchmark::RunSpecifiedBenchmarks();
