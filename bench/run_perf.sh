@@ -9,6 +9,7 @@ models_in="${KVSTASH_MODELS:-$(cd .. && pwd)/shared/models}"
 out="${KVSTASH_BENCH_MODELS:-${TMPDIR:-/tmp}/kvstash-bench}"
 threads="${KVSTASH_BENCH_THREADS:-2}"
 mkdir -p "$out"
+cmake "$build" >/dev/null  # re-configure: the commit id printed by the benches is captured here
 cmake --build "$build" --target kvstash kvstash_machine_bench kvstash_kernel_bench >/dev/null
 for t in q8_0 q4_0 f16; do
   f="$out/tinyllama-1.1b-$t.gguf"

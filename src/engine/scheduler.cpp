@@ -509,8 +509,11 @@ void Scheduler::fail(Slot& s, const Status& st) {
   GenEvent ev;
   ev.kind = GenEvent::Kind::Error;
   ev.error = st;
-  s.task->stream->push(std::move(ev));
+  // Publish the idle slot before the client can see the end of its request (a /slots right
+  // after the response must not show the slot still processing).
+  auto stream = s.task->stream;
   release(s);
+  stream->push(std::move(ev));
 }
 
 void Scheduler::finish(Slot& s, StopType stop, bool truncated) {
@@ -531,8 +534,9 @@ void Scheduler::finish(Slot& s, StopType stop, bool truncated) {
   GenEvent ev;
   ev.kind = GenEvent::Kind::Done;
   ev.summary = s.sum;
-  s.task->stream->push(std::move(ev));
+  auto stream = s.task->stream;  // see fail(): publish first, then answer
   release(s);
+  stream->push(std::move(ev));
 }
 
 namespace {

@@ -32,8 +32,16 @@ Generation solo(httplib::Client& c, const std::string& prompt, int n_predict) {
 }
 
 Generation streamed(const ServerProcess& srv, const std::string& prompt, int n_predict, std::string* error) {
-  auto c = srv.client();
-  HttpResult r = post(c, "/completion", {{"prompt", prompt}, {"n_predict", n_predict}, {"temperature", 0}, {"stream", true}});
+  // 16 clients connect at once; cpp-httplib listens with a small backlog, so a connection can be
+  // refused before the server ever sees the request. That is not what this test is about: retry
+  // a failed connection (status 0, nothing received) a few times.
+  HttpResult r;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    auto c = srv.client();
+    r = post(c, "/completion", {{"prompt", prompt}, {"n_predict", n_predict}, {"temperature", 0}, {"stream", true}});
+    if (r.status != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   Generation out;
   if (r.status != 200) {
     *error = "status " + std::to_string(r.status) + ": " + r.raw;
