@@ -6,72 +6,38 @@
 
 #include "core/matmul.h"
 #include "model/arch_forward.h"
+#include "model/layer_ops.h"
+#include "model/load_util.h"
 #include "model/model.h"
 
 namespace kvstash {
-namespace {
-
-Result<MatRef> get_mat(const GgufFile& f, const std::string& name, uint64_t n_cols, uint64_t n_rows) {
-  const GgufTensorInfo* t = f.find_tensor(name);
-  if (!t) return not_found("model: missing tensor '" + name + "'");
-  if (t->n_dims != 2 || t->ne[0] != n_cols || t->ne[1] != n_rows)
-    return invalid_argument("model: tensor '" + name + "' has shape [" + std::to_string(t->ne[0]) + ", " + std::to_string(t->ne[1]) +
-                            (t->n_dims > 2 ? ", ..." : "") + "], expected [" + std::to_string(n_cols) + ", " + std::to_string(n_rows) + "]");
-  MatRef m;
-  m.type = t->type;
-  m.data = t->data;
-  m.n_rows = static_cast<int64_t>(n_rows);
-  m.n_cols = static_cast<int64_t>(n_cols);
-  m.row_bytes = t->row_bytes();
-  return m;
-}
-
-Result<const float*> get_vec(const GgufFile& f, const std::string& name, uint64_t n) {
-  const GgufTensorInfo* t = f.find_tensor(name);
-  if (!t) return not_found("model: missing tensor '" + name + "'");
-  if (t->n_dims != 1 || t->ne[0] != n)
-    return invalid_argument("model: tensor '" + name + "' has " + std::to_string(t->n_elems()) + " elements in " +
-                            std::to_string(t->n_dims) + " dims, expected a vector of " + std::to_string(n));
-  if (t->type != DType::F32) return unsupported("model: tensor '" + name + "' is " + dtype_name(t->type) + ", expected f32");
-  if (reinterpret_cast<uintptr_t>(t->data) % alignof(float) != 0) return corruption("model: tensor '" + name + "' is misaligned");
-  return reinterpret_cast<const float*>(t->data);
-}
-
-Result<uint32_t> get_u32(const GgufFile& f, const std::string& key, uint32_t lo, uint32_t hi) {
-  KV_ASSIGN_OR_RETURN(uint64_t v, f.get_u64(key));
-  if (v < lo || v > hi)
-    return invalid_argument("model: key '" + key + "' is " + std::to_string(v) + ", expected " + std::to_string(lo) + ".." + std::to_string(hi));
-  return static_cast<uint32_t>(v);
-}
-
-}  // namespace
 
 Status Model::load_llama() {
   const GgufFile& f = *file_;
   const std::string a = "llama.";
-  KV_ASSIGN_OR_RETURN(hp_.n_embd, get_u32(f, a + "embedding_length", 1, 1u << 20));
-  KV_ASSIGN_OR_RETURN(hp_.n_layer, get_u32(f, a + "block_count", 1, 4096));
-  KV_ASSIGN_OR_RETURN(hp_.n_head, get_u32(f, a + "attention.head_count", 1, 4096));
+  KV_ASSIGN_OR_RETURN(hp_.n_embd, load_u32(f, a + "embedding_length", 1, 1u << 20));
+  KV_ASSIGN_OR_RETURN(hp_.n_layer, load_u32(f, a + "block_count", 1, 4096));
+  KV_ASSIGN_OR_RETURN(hp_.n_head, load_u32(f, a + "attention.head_count", 1, 4096));
   hp_.n_head_kv = hp_.n_head;
   if (f.find(a + "attention.head_count_kv")) {
-    KV_ASSIGN_OR_RETURN(hp_.n_head_kv, get_u32(f, a + "attention.head_count_kv", 1, hp_.n_head));
+    KV_ASSIGN_OR_RETURN(hp_.n_head_kv, load_u32(f, a + "attention.head_count_kv", 1, hp_.n_head));
   }
   if (hp_.n_head % hp_.n_head_kv != 0)
     return invalid_argument("model: head_count " + std::to_string(hp_.n_head) + " is not a multiple of head_count_kv " + std::to_string(hp_.n_head_kv));
-  KV_ASSIGN_OR_RETURN(hp_.n_ff, get_u32(f, a + "feed_forward_length", 1, 1u << 24));
+  KV_ASSIGN_OR_RETURN(hp_.n_ff, load_u32(f, a + "feed_forward_length", 1, 1u << 24));
   hp_.head_dim = hp_.n_embd / hp_.n_head;
   if (f.find(a + "attention.key_length")) {
-    KV_ASSIGN_OR_RETURN(hp_.head_dim, get_u32(f, a + "attention.key_length", 1, 1u << 16));
+    KV_ASSIGN_OR_RETURN(hp_.head_dim, load_u32(f, a + "attention.key_length", 1, 1u << 16));
   }
   if (hp_.head_dim == 0 || hp_.head_dim % 2 != 0) return invalid_argument("model: head dimension " + std::to_string(hp_.head_dim) + " must be even and > 0");
   hp_.n_rot = hp_.head_dim;
   if (f.find(a + "rope.dimension_count")) {
-    KV_ASSIGN_OR_RETURN(hp_.n_rot, get_u32(f, a + "rope.dimension_count", 2, hp_.head_dim));
+    KV_ASSIGN_OR_RETURN(hp_.n_rot, load_u32(f, a + "rope.dimension_count", 2, hp_.head_dim));
   }
   if (hp_.n_rot % 2 != 0) return invalid_argument("model: key 'llama.rope.dimension_count' must be even");
   hp_.n_ctx_train = 2048;
   if (f.find(a + "context_length")) {
-    KV_ASSIGN_OR_RETURN(hp_.n_ctx_train, get_u32(f, a + "context_length", 1, 1u << 30));
+    KV_ASSIGN_OR_RETURN(hp_.n_ctx_train, load_u32(f, a + "context_length", 1, 1u << 30));
   }
   if (f.find(a + "rope.freq_base")) {
     KV_ASSIGN_OR_RETURN(double fb, f.get_f64(a + "rope.freq_base"));
@@ -86,10 +52,10 @@ Status Model::load_llama() {
   hp_.n_vocab = static_cast<uint32_t>(vocab_->n_tokens());
 
   const uint32_t n_q = hp_.n_head * hp_.head_dim, n_kv = hp_.n_head_kv * hp_.head_dim;
-  KV_ASSIGN_OR_RETURN(tok_embd_, get_mat(f, "token_embd.weight", hp_.n_embd, hp_.n_vocab));
-  KV_ASSIGN_OR_RETURN(output_norm_, get_vec(f, "output_norm.weight", hp_.n_embd));
+  KV_ASSIGN_OR_RETURN(tok_embd_, load_mat(f, "token_embd.weight", hp_.n_embd, hp_.n_vocab));
+  KV_ASSIGN_OR_RETURN(output_norm_, load_vec(f, "output_norm.weight", hp_.n_embd));
   if (f.find_tensor("output.weight")) {
-    KV_ASSIGN_OR_RETURN(output_, get_mat(f, "output.weight", hp_.n_embd, hp_.n_vocab));
+    KV_ASSIGN_OR_RETURN(output_, load_mat(f, "output.weight", hp_.n_embd, hp_.n_vocab));
   } else {
     output_ = tok_embd_;  // tied embeddings
   }
@@ -97,15 +63,15 @@ Status Model::load_llama() {
   for (uint32_t il = 0; il < hp_.n_layer; ++il) {
     const std::string p = "blk." + std::to_string(il) + ".";
     LlamaLayer& L = layers_[il];
-    KV_ASSIGN_OR_RETURN(L.attn_norm, get_vec(f, p + "attn_norm.weight", hp_.n_embd));
-    KV_ASSIGN_OR_RETURN(L.ffn_norm, get_vec(f, p + "ffn_norm.weight", hp_.n_embd));
-    KV_ASSIGN_OR_RETURN(L.wq, get_mat(f, p + "attn_q.weight", hp_.n_embd, n_q));
-    KV_ASSIGN_OR_RETURN(L.wk, get_mat(f, p + "attn_k.weight", hp_.n_embd, n_kv));
-    KV_ASSIGN_OR_RETURN(L.wv, get_mat(f, p + "attn_v.weight", hp_.n_embd, n_kv));
-    KV_ASSIGN_OR_RETURN(L.wo, get_mat(f, p + "attn_output.weight", n_q, hp_.n_embd));
-    KV_ASSIGN_OR_RETURN(L.w_gate, get_mat(f, p + "ffn_gate.weight", hp_.n_embd, hp_.n_ff));
-    KV_ASSIGN_OR_RETURN(L.w_up, get_mat(f, p + "ffn_up.weight", hp_.n_embd, hp_.n_ff));
-    KV_ASSIGN_OR_RETURN(L.w_down, get_mat(f, p + "ffn_down.weight", hp_.n_ff, hp_.n_embd));
+    KV_ASSIGN_OR_RETURN(L.attn_norm, load_vec(f, p + "attn_norm.weight", hp_.n_embd));
+    KV_ASSIGN_OR_RETURN(L.ffn_norm, load_vec(f, p + "ffn_norm.weight", hp_.n_embd));
+    KV_ASSIGN_OR_RETURN(L.wq, load_mat(f, p + "attn_q.weight", hp_.n_embd, n_q));
+    KV_ASSIGN_OR_RETURN(L.wk, load_mat(f, p + "attn_k.weight", hp_.n_embd, n_kv));
+    KV_ASSIGN_OR_RETURN(L.wv, load_mat(f, p + "attn_v.weight", hp_.n_embd, n_kv));
+    KV_ASSIGN_OR_RETURN(L.wo, load_mat(f, p + "attn_output.weight", n_q, hp_.n_embd));
+    KV_ASSIGN_OR_RETURN(L.w_gate, load_mat(f, p + "ffn_gate.weight", hp_.n_embd, hp_.n_ff));
+    KV_ASSIGN_OR_RETURN(L.w_up, load_mat(f, p + "ffn_up.weight", hp_.n_embd, hp_.n_ff));
+    KV_ASSIGN_OR_RETURN(L.w_down, load_mat(f, p + "ffn_down.weight", hp_.n_ff, hp_.n_embd));
     if (act_type_for(L.wq.type) != act_type_for(L.wk.type) || act_type_for(L.wq.type) != act_type_for(L.wv.type))
       return unsupported("model: layer " + std::to_string(il) + ": attn_q/attn_k/attn_v types must share an activation format");
     if (act_type_for(L.w_gate.type) != act_type_for(L.w_up.type))
@@ -138,13 +104,6 @@ Result<KvLayout> Model::kv_layout_llama(uint32_t n_cells, DType type_k, DType ty
 
 namespace {
 
-// y = x / rms(x) * w; the sum of squares in double, as ggml does.
-void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i] * x[i]);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(sum / n) + eps);
-  for (int64_t i = 0; i < n; ++i) y[i] = (x[i] * scale) * w[i];
-}
 
 // cos/sin of each rotated pair for position pos: cs[2i], cs[2i+1]; theta_i = pos * base^(-2i/n_rot),
 // built by repeated multiplication like ggml so results track the reference implementation.
@@ -171,7 +130,8 @@ void rope_apply(float* x, int32_t n_heads, int32_t head_dim, int32_t n_rot, cons
   }
 }
 
-inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+using layer_ops::rms_norm;
+using layer_ops::silu;
 
 }  // namespace
 
