@@ -12,6 +12,7 @@
 
 #include "core/le.h"
 #include "gguf/gguf_writer.h"
+#include "cli_runner.h"
 #include "test_paths.h"
 
 namespace kvstash {
@@ -19,17 +20,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Proc {
-  int code;
-  std::string out, err;
-};
+using test::Proc;
+using test::slurp;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 class Cli : public ::testing::Test {
  protected:
@@ -40,12 +33,7 @@ class Cli : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  Proc run(const std::string& args) {
-    const fs::path o = dir_ / "stdout", e = dir_ / "stderr";
-    const std::string cmd = std::string(KVSTASH_BINARY) + " " + args + " >" + o.string() + " 2>" + e.string();
-    const int st = std::system(cmd.c_str());
-    return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), slurp(o), slurp(e)};
-  }
+  Proc run(const std::string& args) { return test::run_kvstash(dir_, args); }
   std::string write(const std::string& name, const std::vector<uint8_t>& bytes) {
     const fs::path p = dir_ / name;
     std::ofstream f(p, std::ios::binary);

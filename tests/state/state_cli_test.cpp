@@ -17,6 +17,7 @@
 #include "engine/context.h"
 #include "model/model.h"
 #include "state/state.h"
+#include "cli_runner.h"
 #include "test_paths.h"
 
 namespace kvstash {
@@ -24,17 +25,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Proc {
-  int code;
-  std::string out, err;
-};
+using test::Proc;
+using test::slurp;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 bool has(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
@@ -61,12 +54,7 @@ class StateCli : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  Proc run(const std::string& args) {
-    const fs::path o = dir_ / "stdout", e = dir_ / "stderr";
-    const std::string cmd = std::string(KVSTASH_BINARY) + " " + args + " >" + o.string() + " 2>" + e.string();
-    const int st = std::system(cmd.c_str());
-    return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), slurp(o), slurp(e)};
-  }
+  Proc run(const std::string& args) { return test::run_kvstash(dir_, args); }
   // Greedy generation of 24 tokens, optionally through a prompt cache.
   Proc generate(const char* prompt, const std::string& cache = "", const std::string& extra = "") {
     return run("run -m " + model_ + " -p \"" + prompt + "\" -n 24 --temp 0 -t 2 -c 256" + (cache.empty() ? "" : " --prompt-cache " + cache) +
