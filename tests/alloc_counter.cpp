@@ -8,13 +8,16 @@
 
 namespace {
 std::atomic<int64_t> g_n_allocs{0};
+std::atomic<int64_t> g_bytes{0};
 
 void* counted_malloc(std::size_t n) noexcept {
   g_n_allocs.fetch_add(1, std::memory_order_relaxed);
+  g_bytes.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
   return std::malloc(n == 0 ? 1 : n);
 }
 void* counted_aligned(std::size_t n, std::align_val_t a) noexcept {
   g_n_allocs.fetch_add(1, std::memory_order_relaxed);
+  g_bytes.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
   const auto al = static_cast<std::size_t>(a);
   const std::size_t size = n == 0 ? al : (n + al - 1) / al * al;  // aligned_alloc wants a multiple
   return std::aligned_alloc(al, size);
@@ -55,4 +58,5 @@ void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcep
 
 namespace kvstash::test {
 int64_t n_allocs() { return g_n_allocs.load(std::memory_order_relaxed); }
+int64_t bytes_allocated() { return g_bytes.load(std::memory_order_relaxed); }
 }  // namespace kvstash::test

@@ -22,6 +22,7 @@
 #include "engine/scheduler.h"
 #include "model/model.h"
 #include "server/http_server.h"
+#include "state/fault_io.h"
 
 namespace kvstash::cli {
 
@@ -158,6 +159,10 @@ int serve_command(ServeOptions& o) {
   if (!tk || !tv) return fail(invalid_argument("serve: unknown cache type '" + (tk ? opt.cache_type_v : opt.cache_type_k) + "'"));
   if (opt.n_parallel < 1) return fail(invalid_argument("serve: --parallel must be >= 1"));
   if (opt.max_body_bytes < 1024) return fail(invalid_argument("serve: --max-body-size must be at least 1024 bytes"));
+  // Fault injection for reliability tests (docs/reliability.md): never set in production.
+  auto faults = install_faults_from_env();
+  if (!faults.is_ok()) return fail(faults.status());
+  if (!faults->empty()) std::fprintf(stderr, "serve: WARNING: KVSTASH_FAULTS is set: injecting file-I/O faults %s\n", faults->c_str());
 
   // Block the termination signals before any thread starts, so that they all inherit the mask.
   sigset_t set;

@@ -95,7 +95,7 @@ Status check_binding(const StateInfo& in, const Model& m) {
 }  // namespace
 
 int state_command(const StateOptions& o) {
-  auto src = FdSource::open(posix_file_io(), o.file);
+  auto src = FdSource::open(default_file_io(), o.file);
   if (!src.is_ok()) return fail(src.status());
   auto info = state_inspect(*src);
   if (!info.is_ok()) return fail(info.status());

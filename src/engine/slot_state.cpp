@@ -8,7 +8,7 @@
 namespace kvstash {
 namespace {
 
-// posix_file_io(), but a final symlink is never followed: a link planted in the save directory
+// default_file_io(), but a final symlink is never followed: a link planted in the save directory
 // after the caller resolved the path cannot redirect a read.
 class NoFollowIo final : public FileIo {
  public:
@@ -25,7 +25,7 @@ class NoFollowIo final : public FileIo {
   int fstat_size(int fd, uint64_t* size) override { return base().fstat_size(fd, size); }
 
  private:
-  static FileIo& base() { return posix_file_io(); }
+  static FileIo& base() { return default_file_io(); }
 };
 
 NoFollowIo& no_follow_io() {

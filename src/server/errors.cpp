@@ -13,6 +13,7 @@ HttpErrorClass http_error_class(ErrorKind k) {
     case ErrorKind::Server: return {500, "server_error"};
     case ErrorKind::NotSupported: return {501, "not_supported_error"};
     case ErrorKind::Unavailable: return {503, "unavailable_error"};
+    case ErrorKind::InsufficientStorage: return {507, "server_error"};
     case ErrorKind::ExceedContext: return {400, "exceed_context_size_error"};
   }
   return {500, "server_error"};

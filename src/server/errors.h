@@ -21,6 +21,7 @@ enum class ErrorKind {
   Server,           // 500 server_error
   NotSupported,     // 501 not_supported_error
   Unavailable,      // 503 unavailable_error
+  InsufficientStorage,  // 507 server_error (a save hit ENOSPC / EDQUOT)
   ExceedContext,    // 400 exceed_context_size_error (+ n_prompt_tokens, n_ctx)
 };
 

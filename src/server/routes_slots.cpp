@@ -55,13 +55,17 @@ void slot_action(ServerState& st, const httplib::Request& req, httplib::Response
   if (action == "save") {
     const SlotActionResult r = sched.save_slot(id, *path);
     if (r.busy) return send_error(res, api_error(ErrorKind::Unavailable, r.status.message()));
-    if (!r.status.is_ok()) return send_error(res, api_error(ErrorKind::Server, "Unable to save slot: " + r.status.message()));
+    if (!r.status.is_ok())
+      return send_error(res, api_error(r.status.code() == StatusCode::ResourceExhausted ? ErrorKind::InsufficientStorage : ErrorKind::Server,
+                                       "Unable to save slot: " + r.status.message()));
     return send_json(res, {{"id_slot", id}, {"filename", filename}, {"n_saved", r.n_tokens}, {"n_written", r.n_bytes},
                            {"timings", {{"save_ms", r.ms}}}});
   }
   const SlotActionResult r = sched.restore_slot(id, *path);
   if (r.busy) return send_error(res, api_error(ErrorKind::Unavailable, r.status.message()));
-  if (!r.status.is_ok()) return send_error(res, api_error(ErrorKind::InvalidRequest, "Unable to restore slot: " + r.status.message()));
+  if (!r.status.is_ok())  // a file we cannot use is the client's problem; a failing disk is ours
+    return send_error(res, api_error(r.status.code() == StatusCode::IO ? ErrorKind::Server : ErrorKind::InvalidRequest,
+                                     "Unable to restore slot: " + r.status.message()));
   send_json(res, {{"id_slot", id}, {"filename", filename}, {"n_restored", r.n_tokens}, {"n_read", r.n_bytes},
                   {"timings", {{"restore_ms", r.ms}}}});
 }

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -28,12 +29,21 @@ class PosixFileIo final : public FileIo {
   }
 };
 
+std::atomic<FileIo*> g_default_io{nullptr};
+
 }  // namespace
 
 FileIo& posix_file_io() {
   static PosixFileIo io;
   return io;
 }
+
+FileIo& default_file_io() {
+  FileIo* io = g_default_io.load();
+  return io ? *io : posix_file_io();
+}
+
+void install_default_file_io(FileIo* io) { g_default_io.store(io); }
 
 Status BufferSink::write(const void* p, size_t n) {
   const auto* b = static_cast<const uint8_t*>(p);

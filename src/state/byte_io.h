@@ -30,6 +30,11 @@ class FileIo {
 
 // The real thing: thin wrappers over POSIX.
 FileIo& posix_file_io();
+// The FileIo used where a caller names none: posix_file_io(), unless one was installed.
+// Installing is for start-up (before any I/O; see install_faults_from_env) and tests; the
+// installed FileIo must outlive its use.
+FileIo& default_file_io();
+void install_default_file_io(FileIo* io);  // nullptr: back to posix_file_io()
 
 // ---- sinks ----
 class ByteSink {

@@ -34,7 +34,7 @@ struct StateSaveOptions {
   const float* logits = nullptr;   // optional LOGT section: logits of the sequence's last cell
   uint32_t n_logits = 0;
   uint64_t created_ms = 0;         // 0 = now
-  FileIo* io = nullptr;            // nullptr = posix_file_io()
+  FileIo* io = nullptr;            // nullptr = default_file_io()
 };
 
 struct StateSaveResult {
@@ -44,7 +44,7 @@ struct StateSaveResult {
 
 struct StateLoadOptions {
   bool allow_convert = true;       // convert rows when the live dtypes differ from the file's
-  FileIo* io = nullptr;
+  FileIo* io = nullptr;            // nullptr = default_file_io()
 };
 
 struct StateLoadResult {

@@ -30,13 +30,18 @@ std::string temp_name(const std::string& path) {
       .string();
 }
 
+// A full disk or quota is ResourceExhausted (HTTP 507); every other failure is IO.
+Status file_error(int e, const std::string& what) {
+  return Status(e == ENOSPC || e == EDQUOT ? StatusCode::ResourceExhausted : StatusCode::IO, what + ": " + std::strerror(e));
+}
+
 }  // namespace
 
 Status atomic_write_file(const std::string& path, bool durable, FileIo& io, const std::function<Status(ByteSink&)>& produce,
                          uint64_t* n_written) {
   const std::string tmp = temp_name(path);
   const int fd = io.open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
-  if (fd < 0) return io_error("state: cannot create '" + tmp + "': " + std::strerror(errno));
+  if (fd < 0) return file_error(errno, "state: cannot create '" + tmp + "'");
   auto fail = [&](Status s) {
     io.close(fd);
     io.unlink(tmp.c_str());
@@ -46,26 +51,29 @@ Status atomic_write_file(const std::string& path, bool durable, FileIo& io, cons
   if (Status s = produce(sink); !s.is_ok()) return fail(s);
   if (Status s = sink.flush(); !s.is_ok()) return fail(s);
   if (durable && io.fsync(fd) != 0) {
-    const int e = errno;
-    return fail(Status(e == ENOSPC ? StatusCode::ResourceExhausted : StatusCode::IO, "state: fsync of '" + tmp + "' failed: " + std::strerror(e)));
+    return fail(file_error(errno, "state: fsync of '" + tmp + "' failed"));
   }
   if (io.close(fd) != 0) {
-    const int e = errno;
+    const Status s = file_error(errno, "state: close of '" + tmp + "' failed");
     io.unlink(tmp.c_str());
-    return io_error("state: close of '" + tmp + "' failed: " + std::strerror(e));
+    return s;
   }
   if (io.rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
+    const Status s = file_error(errno, "state: cannot rename '" + tmp + "' to '" + path + "'");
     io.unlink(tmp.c_str());
-    return io_error("state: cannot rename '" + tmp + "' to '" + path + "': " + std::strerror(e));
+    return s;
   }
   if (durable) {
     const int dfd = io.open(dir_of(path).c_str(), O_RDONLY | O_DIRECTORY, 0);
-    if (dfd < 0) return io_error("state: cannot open directory of '" + path + "' to sync it: " + std::strerror(errno));
+    // After the rename: `path` is complete and valid, but its durability is not guaranteed.
+    if (dfd < 0)
+      return io_error("state: '" + path + "' was written, but its directory could not be opened to sync it (durability not guaranteed): " +
+                      std::strerror(errno));
     const int rc = io.fsync(dfd);
     const int e = errno;
     io.close(dfd);
-    if (rc != 0) return io_error("state: fsync of the directory of '" + path + "' failed: " + std::strerror(e));
+    if (rc != 0)
+      return io_error("state: '" + path + "' was written, but the fsync of its directory failed (durability not guaranteed): " + std::strerror(e));
   }
   if (n_written) *n_written = sink.n_written();
   return Status::ok();
@@ -74,7 +82,7 @@ Status atomic_write_file(const std::string& path, bool durable, FileIo& io, cons
 Result<StateSaveResult> state_save_seq_file(const KvCache& cache, SeqId seq, const ModelFingerprint& fp, const std::string& path,
                                             const StateSaveOptions& opt) {
   StateSaveResult res;
-  KV_RETURN_IF_ERROR(atomic_write_file(path, opt.durable, opt.io ? *opt.io : posix_file_io(), [&](ByteSink& sink) -> Status {
+  KV_RETURN_IF_ERROR(atomic_write_file(path, opt.durable, opt.io ? *opt.io : default_file_io(), [&](ByteSink& sink) -> Status {
     KV_ASSIGN_OR_RETURN(res, state_write_seq(cache, seq, fp, opt, sink));
     return Status::ok();
   }, nullptr));
@@ -83,7 +91,7 @@ Result<StateSaveResult> state_save_seq_file(const KvCache& cache, SeqId seq, con
 
 Result<StateSaveResult> state_save_all_file(const KvCache& cache, const ModelFingerprint& fp, const std::string& path, const StateSaveOptions& opt) {
   StateSaveResult res;
-  KV_RETURN_IF_ERROR(atomic_write_file(path, opt.durable, opt.io ? *opt.io : posix_file_io(), [&](ByteSink& sink) -> Status {
+  KV_RETURN_IF_ERROR(atomic_write_file(path, opt.durable, opt.io ? *opt.io : default_file_io(), [&](ByteSink& sink) -> Status {
     KV_ASSIGN_OR_RETURN(res, state_write_all(cache, fp, opt, sink));
     return Status::ok();
   }, nullptr));
@@ -92,12 +100,12 @@ Result<StateSaveResult> state_save_all_file(const KvCache& cache, const ModelFin
 
 Result<StateLoadResult> state_load_seq_file(KvCache& cache, SeqId dest, const ModelFingerprint& live, const std::string& path,
                                             const StateLoadOptions& opt) {
-  KV_ASSIGN_OR_RETURN(FdSource src, FdSource::open(opt.io ? *opt.io : posix_file_io(), path));
+  KV_ASSIGN_OR_RETURN(FdSource src, FdSource::open(opt.io ? *opt.io : default_file_io(), path));
   return state_read_seq(cache, dest, live, src, opt);
 }
 
 Result<StateLoadResult> state_load_all_file(KvCache& cache, const ModelFingerprint& live, const std::string& path, const StateLoadOptions& opt) {
-  KV_ASSIGN_OR_RETURN(FdSource src, FdSource::open(opt.io ? *opt.io : posix_file_io(), path));
+  KV_ASSIGN_OR_RETURN(FdSource src, FdSource::open(opt.io ? *opt.io : default_file_io(), path));
   return state_read_all(cache, live, src, opt);
 }
 

@@ -20,12 +20,17 @@
 #include "model/model_gen.h"
 #include "state/state.h"
 #include "state/state_format.h"
+#include "alloc_counter.h"
+#include "state_fixtures.h"
 #include "test_paths.h"
 
 namespace kvstash {
 namespace {
 
 namespace fs = std::filesystem;
+using test::Snapshot;
+using test::snapshot;
+using test::unchanged;
 
 // ---- fixtures ----
 
@@ -174,52 +179,6 @@ std::vector<uint8_t> insert_section(const std::vector<uint8_t>& b, const char* t
   return out;
 }
 
-// ---- the observable state of a cache ----
-
-struct Snapshot {
-  std::vector<int32_t> pos, tok;
-  std::vector<uint64_t> seqs;
-  uint32_t n_used = 0;
-  std::vector<uint8_t> rows;  // every row of every occupied cell, in cell order
-  bool operator==(const Snapshot&) const = default;
-};
-
-Snapshot snapshot(const KvCache& c) {
-  Snapshot s;
-  s.n_used = c.n_used();
-  const KvLayout& L = c.layout();
-  for (uint32_t i = 0; i < c.n_cells(); ++i) {
-    s.pos.push_back(c.cell_pos(i));
-    s.tok.push_back(c.cell_token(i));
-    s.seqs.push_back(c.cell_seqs(i));
-    if (c.cell_empty(i)) continue;
-    for (uint32_t il = 0; il < L.n_layers(); ++il)
-      for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si) {
-        const uint8_t* r = c.row(il, si, i);
-        s.rows.insert(s.rows.end(), r, r + L.layer(il).streams[si].row_bytes);
-      }
-  }
-  return s;
-}
-
-// snapshot(c) == s without building a new snapshot (the corruption tests call it ~100k times).
-bool unchanged(const KvCache& c, const Snapshot& s) {
-  if (c.n_used() != s.n_used || c.n_cells() != s.pos.size()) return false;
-  const KvLayout& L = c.layout();
-  size_t off = 0;
-  for (uint32_t i = 0; i < c.n_cells(); ++i) {
-    if (c.cell_pos(i) != s.pos[i] || c.cell_token(i) != s.tok[i] || c.cell_seqs(i) != s.seqs[i]) return false;
-    if (c.cell_empty(i)) continue;
-    for (uint32_t il = 0; il < L.n_layers(); ++il)
-      for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si) {
-        const size_t rb = L.layer(il).streams[si].row_bytes;
-        if (off + rb > s.rows.size() || std::memcmp(c.row(il, si, i), s.rows.data() + off, rb) != 0) return false;
-        off += rb;
-      }
-  }
-  return off == s.rows.size();
-}
-
 // Cache contents by (sequence set, position), independent of cell indices.
 struct Canon {
   std::vector<std::tuple<uint64_t, int32_t, int32_t, std::vector<uint8_t>>> cells;
@@ -319,6 +278,79 @@ TEST_F(StateCorruption, EveryTruncationIsRefusedAndChangesNothing) {
   EXPECT_EQ(ctx_->cache().seq_n_cells(1), kSavedTokens);
   EXPECT_EQ(ctx_->cache().seq_n_cells(3), kSavedTokens);
   EXPECT_EQ(ctx_->cache().seq_n_cells(2), 20u);
+}
+
+// Re-checksums section `s` of `b` after its payload was patched.
+void fix_section(std::vector<uint8_t>& b, const Sec& s) {
+  store_le<uint64_t>(b.data() + s.trailer(), XXH3_64bits(b.data() + s.payload(), s.len));
+}
+
+// Counts read from a file never size an allocation before they are checked against what the
+// file can hold (docs/reliability.md): claims of billions of cells, rows, logits, sections and
+// bytes are refused at once, allocating no more than a small file's worth.
+TEST_F(StateCorruption, ClaimedCountsAreRefusedBeforeAllocating) {
+  const std::vector<Sec> ss = sections(file_);
+  ASSERT_EQ(tag_str(ss[0].tag), "META");
+  ASSERT_EQ(tag_str(ss[2].tag), "LAYT");
+  ASSERT_EQ(tag_str(ss[4].tag), "KVDT");
+  struct Case {
+    std::string what;
+    std::vector<uint8_t> bytes;
+  };
+  std::vector<Case> cases;
+  auto patched = [&](const std::string& what, auto&& edit) {
+    std::vector<uint8_t> b = file_;
+    edit(b);
+    cases.push_back({what, std::move(b)});
+  };
+  constexpr uint64_t kTrillion = 1000000000000ull;
+  // n_tokens = 4e9 in META, and every LAYT row count agreeing with it: only the CELL size can
+  // tell, and it must, before 4e9 cells are allocated.
+  patched("META n_tokens 4e9 with matching LAYT row counts", [&](std::vector<uint8_t>& b) {
+    store_le<uint32_t>(b.data() + ss[0].payload() + 12, 4000000000u);
+    fix_section(b, ss[0]);
+    const size_t layers = load_le<uint32_t>(b.data() + ss[2].payload());
+    size_t o = ss[2].payload() + 4;
+    for (size_t il = 0; il < layers; ++il) {
+      const uint32_t n_streams = load_le<uint32_t>(b.data() + o);
+      o += 4;
+      for (uint32_t si = 0; si < n_streams; ++si, o += 32) store_le<uint64_t>(b.data() + o + 24, 4000000000u);
+    }
+    fix_section(b, ss[2]);
+  });
+  patched("LAYT row count 1e12", [&](std::vector<uint8_t>& b) {
+    store_le<uint64_t>(b.data() + ss[2].payload() + 4 + 4 + 24, kTrillion);
+    fix_section(b, ss[2]);
+  });
+  patched("META n_logits 4e9", [&](std::vector<uint8_t>& b) {
+    store_le<uint32_t>(b.data() + ss[0].payload() + 20, 4000000000u);
+    fix_section(b, ss[0]);
+  });
+  patched("KVDT frame of 1e12 bytes", [&](std::vector<uint8_t>& b) { store_le<uint64_t>(b.data() + ss[4].frame + 8, kTrillion); });
+  patched("CELL frame of 1e12 bytes", [&](std::vector<uint8_t>& b) { store_le<uint64_t>(b.data() + ss[3].frame + 8, kTrillion); });
+  patched("header: 1e12 file bytes", [&](std::vector<uint8_t>& b) {
+    store_le<uint64_t>(b.data() + 24, kTrillion);
+    fix_header(b);
+  });
+  patched("header: 4e9 sections", [&](std::vector<uint8_t>& b) {
+    store_le<uint32_t>(b.data() + 32, 4000000000u);
+    fix_header(b);
+  });
+  patched("header: 4e9 header bytes", [&](std::vector<uint8_t>& b) { store_le<uint32_t>(b.data() + 16, 4000000000u); });
+  const int64_t limit = int64_t(file_.size()) * 4;  // a small file's worth, not the claim's
+  for (const Case& c : cases) {
+    const int64_t before = test::bytes_allocated();
+    MemSource src(c.bytes.data(), c.bytes.size());
+    auto info = state_inspect(src);
+    const int64_t used = test::bytes_allocated() - before;
+    ASSERT_FALSE(info.is_ok()) << c.what;
+    EXPECT_EQ(info.status().code(), StatusCode::Corruption) << c.what << ": " << info.status().to_string();
+    EXPECT_TRUE(has(info.status().message(), "state: ")) << c.what;
+    EXPECT_LT(used, limit) << c.what << ": " << info.status().to_string();
+    const int64_t before_restore = test::bytes_allocated();
+    expect_refused(c.bytes, c.bytes.size(), c.what, false);
+    EXPECT_LT(test::bytes_allocated() - before_restore, 2 * limit + (int64_t(2) << 20)) << c.what;  // + the 1 MiB read buffer, twice
+  }
 }
 
 TEST_F(StateCorruption, EverySingleByteCorruptionIsRefusedAndChangesNothing) {

@@ -19,13 +19,18 @@
 
 #include "engine/context.h"
 #include "model/model.h"
+#include "state/fault_io.h"
 #include "state/state.h"
+#include "state_fixtures.h"
 #include "test_paths.h"
 
 namespace kvstash {
 namespace {
 
 namespace fs = std::filesystem;
+using test::fill_cells;
+using test::listing;
+using test::slurp_bytes;
 
 const Model& stories() {
   static std::unique_ptr<Model> m = [] {
@@ -34,31 +39,6 @@ const Model& stories() {
     return std::move(r).value();
   }();
   return *m;
-}
-
-std::vector<uint8_t> slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
-}
-
-std::set<std::string> listing(const fs::path& dir) {
-  std::set<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.insert(e.path().filename().string());
-  return out;
-}
-
-// Fills cells [0, n) of seq with positions 0.., tokens and rows derived from `salt`.
-void fill(KvCache& c, SeqId seq, uint32_t first, uint32_t n, uint8_t salt) {
-  const KvLayout& L = c.layout();
-  for (uint32_t k = 0; k < n; ++k) {
-    c.cell_assign(first + k, static_cast<int32_t>(k), seq, static_cast<int32_t>((k * 7 + salt) % 500));
-    for (uint32_t il = 0; il < L.n_layers(); ++il)
-      for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si) {
-        uint8_t* r = c.row(il, si, first + k);
-        // f16/bf16/f32 bit patterns that are finite: keep the top byte of each element small.
-        for (size_t b = 0; b < L.layer(il).streams[si].row_bytes; ++b) r[b] = static_cast<uint8_t>((b % 2 ? 0x3c : (b + k + salt)) & 0xff);
-      }
-  }
 }
 
 std::unique_ptr<KvCache> stories_cache(uint32_t n_cells, DType t) {
@@ -89,7 +69,7 @@ class StateFile : public ::testing::Test {
 
 TEST_F(StateFile, AtomicSaveLeavesOnlyTheFileDurableOrNot) {
   auto c = stories_cache(64, DType::F16);
-  fill(*c, 2, 0, 20, 1);
+  fill_cells(*c, 2, 0, 20, 1);
   for (bool durable : {true, false}) {
     StateSaveOptions o;
     o.durable = durable;
@@ -99,7 +79,7 @@ TEST_F(StateFile, AtomicSaveLeavesOnlyTheFileDurableOrNot) {
     ASSERT_TRUE(r.is_ok()) << r.status().to_string();
     EXPECT_EQ(r->n_tokens, 20u);
     EXPECT_EQ(r->n_bytes, fs::file_size(p));
-    EXPECT_EQ(slurp(p), to_bytes(*c, 2, o));
+    EXPECT_EQ(slurp_bytes(p), to_bytes(*c, 2, o));
     EXPECT_EQ((fs::status(p).permissions() & fs::perms::owner_read), fs::perms::owner_read);
   }
   EXPECT_EQ(listing(dir_), (std::set<std::string>{"durable.kvs", "fast.kvs"}));
@@ -116,13 +96,13 @@ TEST_F(StateFile, AtomicSaveLeavesOnlyTheFileDurableOrNot) {
 
 TEST_F(StateFile, OverwriteReplacesTheFileAtomically) {
   auto c = stories_cache(64, DType::F16);
-  fill(*c, 0, 0, 10, 1);
-  fill(*c, 1, 10, 30, 2);
+  fill_cells(*c, 0, 0, 10, 1);
+  fill_cells(*c, 1, 10, 30, 2);
   const fs::path p = dir_ / "slot.kvs";
   StateSaveOptions o;
   o.created_ms = 1;
   ASSERT_TRUE(state_save_seq_file(*c, 0, stories().fingerprint(), p.string(), o).is_ok());
-  const std::vector<uint8_t> old_bytes = slurp(p);
+  const std::vector<uint8_t> old_bytes = slurp_bytes(p);
   struct stat st_old;
   ASSERT_EQ(::stat(p.c_str(), &st_old), 0);
   std::ifstream reader(p, std::ios::binary);  // a reader that opened the old file
@@ -131,13 +111,13 @@ TEST_F(StateFile, OverwriteReplacesTheFileAtomically) {
   ASSERT_EQ(::stat(p.c_str(), &st_new), 0);
   EXPECT_NE(st_old.st_ino, st_new.st_ino) << "the file was rewritten in place, not renamed over";
   EXPECT_EQ(std::vector<uint8_t>(std::istreambuf_iterator<char>(reader), {}), old_bytes) << "the old reader saw a mix";
-  EXPECT_EQ(slurp(p), to_bytes(*c, 1, o));
+  EXPECT_EQ(slurp_bytes(p), to_bytes(*c, 1, o));
   EXPECT_EQ(listing(dir_), std::set<std::string>{"slot.kvs"});
 }
 
 TEST_F(StateFile, SaveIntoAMissingDirectoryFailsWithIoAndLeavesNothing) {
   auto c = stories_cache(16, DType::F16);
-  fill(*c, 0, 0, 3, 1);
+  fill_cells(*c, 0, 0, 3, 1);
   const fs::path p = dir_ / "missing" / "slot.kvs";
   auto r = state_save_seq_file(*c, 0, stories().fingerprint(), p.string(), {});
   ASSERT_FALSE(r.is_ok());
@@ -154,7 +134,7 @@ TEST_F(StateFile, SaveIntoAMissingDirectoryFailsWithIoAndLeavesNothing) {
 TEST_F(StateFile, SaveOverASymlinkReplacesTheLinkNotItsTarget) {
   // anchors #14: a save must never write through a link to a file elsewhere.
   auto c = stories_cache(16, DType::F16);
-  fill(*c, 0, 0, 4, 1);
+  fill_cells(*c, 0, 0, 4, 1);
   const fs::path outside = dir_ / "outside";
   fs::create_directories(outside);
   const fs::path target = outside / "victim";
@@ -171,74 +151,43 @@ TEST_F(StateFile, SaveOverASymlinkReplacesTheLinkNotItsTarget) {
   EXPECT_TRUE(state_load_seq_file(*c2, 0, stories().fingerprint(), link.string(), {}).is_ok());
 }
 
-// Fails one chosen operation with an errno; everything else goes to POSIX.
-class FaultIo final : public FileIo {
- public:
-  enum class Op { None, Write, Fsync, Rename, DirOpen };
-  Op fail = Op::None;
-  int err = EIO;
-  int open(const char* path, int flags, int mode) override {
-    if (fail == Op::DirOpen && (flags & O_DIRECTORY)) return errno = err, -1;
-    return posix_file_io().open(path, flags, mode);
-  }
-  long write(int fd, const void* buf, size_t n) override {
-    if (fail == Op::Write) return errno = err, -1;
-    return posix_file_io().write(fd, buf, n);
-  }
-  long pread(int fd, void* buf, size_t n, uint64_t off) override { return posix_file_io().pread(fd, buf, n, off); }
-  int fsync(int fd) override {
-    if (fail == Op::Fsync) return errno = err, -1;
-    return posix_file_io().fsync(fd);
-  }
-  int close(int fd) override { return posix_file_io().close(fd); }
-  int rename(const char* a, const char* b) override {
-    if (fail == Op::Rename) return errno = err, -1;
-    return posix_file_io().rename(a, b);
-  }
-  int unlink(const char* path) override { return posix_file_io().unlink(path); }
-  int fstat_size(int fd, uint64_t* size) override { return posix_file_io().fstat_size(fd, size); }
-};
-
 TEST_F(StateFile, FailedWritesFsyncsAndRenamesKeepThePreviousFile) {
   auto c = stories_cache(64, DType::F16);
-  fill(*c, 0, 0, 12, 1);
-  fill(*c, 1, 12, 25, 2);
+  fill_cells(*c, 0, 0, 12, 1);
+  fill_cells(*c, 1, 12, 25, 2);
   const fs::path p = dir_ / "slot.kvs";
   StateSaveOptions o;
   o.created_ms = 5;
   ASSERT_TRUE(state_save_seq_file(*c, 0, stories().fingerprint(), p.string(), o).is_ok());
-  const std::vector<uint8_t> good = slurp(p);
+  const std::vector<uint8_t> good = slurp_bytes(p);
   struct Case {
-    FaultIo::Op op;
+    IoOp op;
     int err;
     StatusCode code;
     const char* msg;
   };
-  for (const Case& k : {Case{FaultIo::Op::Write, ENOSPC, StatusCode::ResourceExhausted, "No space"},
-                        Case{FaultIo::Op::Write, EIO, StatusCode::IO, "write to"},
-                        Case{FaultIo::Op::Fsync, EIO, StatusCode::IO, "fsync of"},
-                        Case{FaultIo::Op::Rename, EXDEV, StatusCode::IO, "cannot rename"}}) {
-    FaultIo io;
-    io.fail = k.op;
-    io.err = k.err;
+  for (const Case& k : {Case{IoOp::Write, ENOSPC, StatusCode::ResourceExhausted, "No space"},
+                        Case{IoOp::Write, EIO, StatusCode::IO, "write to"},
+                        Case{IoOp::Fsync, EIO, StatusCode::IO, "fsync of"},
+                        Case{IoOp::Rename, EXDEV, StatusCode::IO, "cannot rename"}}) {
+    FaultIo io({{k.op, 1, true, k.err}});
     StateSaveOptions fo = o;
     fo.io = &io;
     auto r = state_save_seq_file(*c, 1, stories().fingerprint(), p.string(), fo);
     ASSERT_FALSE(r.is_ok()) << k.msg;
     EXPECT_EQ(r.status().code(), k.code) << r.status().message();
     EXPECT_NE(r.status().message().find(k.msg), std::string::npos) << r.status().message();
-    EXPECT_EQ(slurp(p), good) << k.msg;
+    EXPECT_EQ(slurp_bytes(p), good) << k.msg;
     EXPECT_EQ(listing(dir_), std::set<std::string>{"slot.kvs"}) << k.msg;
   }
   // A failed directory sync comes after the rename: the new file is complete, and the error says
   // durability is not guaranteed.
-  FaultIo io;
-  io.fail = FaultIo::Op::DirOpen;
+  FaultIo io({{IoOp::DirOpen, 1, true, EIO}});
   StateSaveOptions fo = o;
   fo.io = &io;
   auto r = state_save_seq_file(*c, 1, stories().fingerprint(), p.string(), fo);
   EXPECT_EQ(r.status().code(), StatusCode::IO);
-  EXPECT_EQ(slurp(p), to_bytes(*c, 1, o));
+  EXPECT_EQ(slurp_bytes(p), to_bytes(*c, 1, o));
   EXPECT_EQ(listing(dir_), std::set<std::string>{"slot.kvs"});
 }
 
@@ -351,7 +300,7 @@ TEST_F(StateFile, WriterKilledMidSaveNeverLeavesATornFile) {
                            &l),
             "");
   KvCache cache(std::move(l));
-  fill(cache, 3, 0, 1100, 9);
+  fill_cells(cache, 3, 0, 1100, 9);
   const ModelFingerprint fp = stories().fingerprint();
   auto opts = [](uint64_t i) {
     StateSaveOptions o;
@@ -406,7 +355,7 @@ TEST_F(StateFile, WriterKilledMidSaveNeverLeavesATornFile) {
         auto info = state_inspect(*src);
         ASSERT_TRUE(info.is_ok()) << info.status().to_string();
         EXPECT_EQ(info->created_ms, 1000u + static_cast<uint64_t>(last_complete));
-        EXPECT_TRUE(slurp(path) == bytes_of(static_cast<uint64_t>(last_complete)));
+        EXPECT_TRUE(slurp_bytes(path) == bytes_of(static_cast<uint64_t>(last_complete)));
       }
       // The dead writer's temporary file (if it got that far) is cleaned up.
       const size_t n_tmp = listing(dir_).size() - (fs::exists(path) ? 1 : 0);
@@ -431,7 +380,7 @@ TEST(StateSize, FileSizeFollowsFromTheHyperparameters) {
     const uint64_t row_bytes = uint64_t(hp.n_head_kv) * hp.head_dim * elem_bytes;  // one K or V row
     for (uint32_t n : {1u, 31u, 100u}) {
       auto c = stories_cache(128, t);
-      fill(*c, 4, 0, n, 3);
+      fill_cells(*c, 4, 0, n, 3);
       for (bool with_logits : {false, true}) {
         SCOPED_TRACE(std::string(dtype_name(t)) + " n=" + std::to_string(n) + (with_logits ? " with logits" : ""));
         const uint64_t meta = 8 + 4 + 4 + 4 + 4 + 2 + writer.size();
