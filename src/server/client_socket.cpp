@@ -73,4 +73,16 @@ bool client_connected(int fd) {
   return true;
 }
 
+bool raise_listen_backlog(int port, int backlog) {
+  const int fd = find_fd([&](int fd) {
+    int listening = 0;
+    socklen_t n = sizeof listening;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) != 0 || !listening) return false;
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    return ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 && port_of(local) == port;
+  });
+  return fd >= 0 && ::listen(fd, backlog) == 0;
+}
+
 }  // namespace kvstash

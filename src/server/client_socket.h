@@ -21,4 +21,10 @@ int find_client_socket(const httplib::Request& req);
 // is_socket_alive. Non-blocking: one poll() with a zero timeout.
 bool client_connected(int fd);
 
+// Raises the accept queue of the socket listening on `port` to `backlog` connections (httplib
+// listens with a backlog of 5, so a burst of clients overflows it and their SYNs are dropped and
+// retried a second later). Linux applies a second listen() to a listening socket. False when no
+// listening socket on that port was found.
+bool raise_listen_backlog(int port, int backlog);
+
 }  // namespace kvstash
