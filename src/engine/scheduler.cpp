@@ -16,6 +16,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double ms_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
+int64_t micros(Clock::time_point t) { return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count(); }
 
 size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
   const size_t n = std::min(a.size(), b.size());
@@ -41,6 +42,21 @@ bool GenStream::next(GenEvent* out, int timeout_ms) {
   if (!cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return !q_.empty(); })) return false;
   *out = std::move(q_.front());
   q_.pop_front();
+  return true;
+}
+
+void GenStream::drop_probe() {
+  std::lock_guard<std::mutex> lk(probe_mu_);
+  probe_ = nullptr;
+}
+
+bool GenStream::consumer_alive() {
+  if (cancelled()) return false;
+  std::lock_guard<std::mutex> lk(probe_mu_);
+  if (probe_ && !probe_()) {
+    cancel();
+    return false;
+  }
   return true;
 }
 
@@ -95,6 +111,9 @@ struct Scheduler::Slot {
   int32_t pending = -1;         // sampled, not yet in the cache
   int32_t n_decoded = 0;
   bool has_new_line = false;
+  int32_t n_decode_steps = 0;   // steps that carried this task's tokens
+  Clock::time_point t_last_decode;
+  bool cancelled = false;       // dropped because its consumer went away
   GenSummary sum;
   Clock::time_point t_start, t_prompt_done;
 };
@@ -140,11 +159,11 @@ void Scheduler::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-std::shared_ptr<GenStream> Scheduler::submit(GenRequest req) {
+std::shared_ptr<GenStream> Scheduler::submit(GenRequest req, ConsumerProbe alive) {
   auto t = std::make_shared<Task>();
   t->kind = Task::Kind::Generate;
   t->req = std::move(req);
-  t->stream = std::make_shared<GenStream>();
+  t->stream = std::make_shared<GenStream>(std::move(alive));
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (!stop_) {
@@ -250,15 +269,21 @@ void Scheduler::publish(const Slot& s) {
     snap.n_predict = r.n_predict;
     snap.has_next_token = snap.is_processing;
     snap.has_new_line = s.has_new_line;
+    snap.n_decode_steps = s.n_decode_steps;
+    snap.t_last_decode_us = s.n_decode_steps > 0 ? micros(s.t_last_decode) : 0;
+    snap.cancelled = s.cancelled;
     snap.params = r.sampling;
     snap.seed = s.sum.seed;
     snap.ignore_eos = r.ignore_eos;
     snap.n_probs = r.n_probs;
     snap.stop = r.stop;
   }
+  int32_t processing = 0;
+  for (const auto& sp : slots_) processing += sp->state != Slot::State::Idle;
   std::lock_guard<std::mutex> lk(mu_);
   snapshots_[size_t(s.id)] = std::move(snap);
   metrics_.kv_cells_used = ctx_.cache().n_used();
+  metrics_.requests_processing = processing;  // a slot that just went idle is not left counted
 }
 
 void Scheduler::loop() {
@@ -320,13 +345,32 @@ Scheduler::Slot* Scheduler::pick_slot(const GenRequest& r) {
   return best ? best : lru;
 }
 
+namespace {
+Status cancelled_status() { return io_error("the request was cancelled: its client disconnected"); }
+}  // namespace
+
+// A queued request whose client left: it never takes a slot.
+void Scheduler::drop_queued(Task& t) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++metrics_.requests_cancelled;
+  }
+  GenEvent ev;
+  ev.kind = GenEvent::Kind::Error;
+  ev.error = cancelled_status();
+  t.stream->push(std::move(ev));
+}
+
 void Scheduler::place_pending() {
   const auto now = Clock::now();
   std::vector<std::shared_ptr<Task>> keep;
   int32_t deferred = 0;
   for (auto& t : pending_) {
     if (t->kind == Task::Kind::Generate) {
-      if (t->stream->cancelled()) continue;
+      if (t->stream->cancelled()) {
+        drop_queued(*t);
+        continue;
+      }
       Slot* s = nullptr;
       if (t->req.id_slot >= 0 && t->req.id_slot < params_.n_slots) {
         Slot& c = *slots_[size_t(t->req.id_slot)];
@@ -338,6 +382,10 @@ void Scheduler::place_pending() {
         ev.kind = GenEvent::Kind::Error;
         ev.error = invalid_argument("Invalid slot ID " + std::to_string(t->req.id_slot));
         t->stream->push(std::move(ev));
+        continue;
+      }
+      if (s && !t->stream->consumer_alive()) {  // probed only when it would take a slot
+        drop_queued(*t);
         continue;
       }
       if (s) {
@@ -476,6 +524,8 @@ void Scheduler::start_generation(const std::shared_ptr<Task>& tp, Slot& s) {
   s.pending = -1;
   s.n_decoded = 0;
   s.has_new_line = false;
+  s.n_decode_steps = 0;
+  s.cancelled = false;
   s.sum = GenSummary{};
   s.sum.id_slot = s.id;
   s.sum.id_task = t.id;
@@ -512,6 +562,23 @@ void Scheduler::fail(Slot& s, const Status& st) {
   // Publish the idle slot before the client can see the end of its request (a /slots right
   // after the response must not show the slot still processing).
   auto stream = s.task->stream;
+  release(s);
+  stream->push(std::move(ev));
+}
+
+// The consumer is gone: the slot is freed now, before the next batch is built, so the only step
+// that computed for a departed client is the one that was running when it left. Its cache and
+// token list stay true to each other (the pending token was never evaluated) and reusable.
+void Scheduler::drop_cancelled(Slot& s) {
+  s.cancelled = true;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++metrics_.requests_cancelled;
+  }
+  GenEvent ev;
+  ev.kind = GenEvent::Kind::Error;
+  ev.error = cancelled_status();
+  auto stream = s.task->stream;  // see fail(): publish first, then answer
   release(s);
   stream->push(std::move(ev));
 }
@@ -622,9 +689,11 @@ void Scheduler::on_logits(Slot& s, const float* logits) {
 }
 
 bool Scheduler::step() {
-  // Disconnected clients free their slots first.
+  // Departed clients free their slots before the batch is built. t_step is taken before the
+  // probes, so a step that carries a slot's tokens began before its client was seen gone.
+  const auto t_step = Clock::now();
   for (auto& sp : slots_)
-    if (sp->state != Slot::State::Idle && sp->task->stream->cancelled()) release(*sp);
+    if (sp->state != Slot::State::Idle && !sp->task->stream->consumer_alive()) drop_cancelled(*sp);
 
   batch_.clear();
   std::vector<Slot*> outputs;                  // slots whose logits come back, in batch order
@@ -662,6 +731,8 @@ bool Scheduler::step() {
   }
   uint64_t n_prompt_tokens = 0;
   for (auto& [s, n] : fed) {
+    ++s->n_decode_steps;
+    s->t_last_decode = t_step;
     if (s->state == Slot::State::Generate) {
       s->tokens.push_back(s->pending);
       s->pending = -1;
@@ -696,6 +767,8 @@ bool Scheduler::step() {
     SlotSnapshot& snap = snapshots_[size_t(s->id)];
     snap.n_decoded = s->n_decoded;
     snap.n_cached_tokens = static_cast<int32_t>(s->tokens.size());
+    snap.n_decode_steps = s->n_decode_steps;
+    snap.t_last_decode_us = micros(s->t_last_decode);
   }
   metrics_.kv_cells_used = ctx_.cache().n_used();
   return true;

@@ -4,6 +4,8 @@
 // counters behind /metrics. Each step decodes ONE batch holding one token of every generating
 // slot plus prompt chunks of slots in prefill (at most n_batch tokens), then samples per slot.
 // Save/restore/erase run on the scheduler thread between steps, once their slot is idle.
+// A request whose consumer is gone (cancelled, or its probe says so) is dropped before the next
+// batch is built: it costs at most the decode step already running.
 // Never depends on HTTP or JSON. Thread-safe: every public method may be called from any thread.
 #pragma once
 
@@ -80,21 +82,34 @@ struct GenEvent {
   Status error;        // Error
 };
 
+// Asks whether a request's consumer is still there (e.g. its client's socket is open). Called on
+// the scheduler thread before every decode step that would carry the request's tokens, so it
+// must be cheap and must not block.
+using ConsumerProbe = std::function<bool()>;
+
 // The channel from the scheduler to one request. Thread-safe.
 class GenStream {
  public:
+  explicit GenStream(ConsumerProbe probe = nullptr) : probe_(std::move(probe)) {}
   // Waits up to timeout_ms for the next event; false on timeout.
   bool next(GenEvent* out, int timeout_ms);
   // The consumer is gone (client disconnected): the scheduler frees the slot at its next step.
   void cancel() { cancelled_.store(true); }
   bool cancelled() const { return cancelled_.load(); }
+  // The probe is never called again once this returns (what it captured may then go away).
+  void drop_probe();
+  // Scheduler thread: false when cancelled or when the probe says the consumer is gone (which
+  // cancels the stream).
+  bool consumer_alive();
   void push(GenEvent ev);
 
  private:
-  std::mutex mu_;
+  std::mutex mu_;  // q_
   std::condition_variable cv_;
   std::deque<GenEvent> q_;
   std::atomic<bool> cancelled_{false};
+  std::mutex probe_mu_;  // probe_: held while it runs, so drop_probe() waits for a running call
+  ConsumerProbe probe_;
 };
 
 struct SlotActionResult {
@@ -115,6 +130,11 @@ struct SlotSnapshot {
   int32_t n_prompt_tokens = 0, n_prompt_tokens_processed = 0, n_prompt_tokens_cache = 0;
   int32_t n_decoded = 0, n_predict = -1;
   bool has_next_token = false, has_new_line = false;
+  // Decode steps (forward passes) that carried the task's tokens, prompt chunks included, and
+  // when the last one began (steady clock, microseconds: CLOCK_MONOTONIC on Linux).
+  int32_t n_decode_steps = 0;
+  int64_t t_last_decode_us = 0;
+  bool cancelled = false;  // the task was dropped because its consumer went away
   SamplerParams params;
   uint64_t seed = 0;
   bool ignore_eos = false;
@@ -133,6 +153,7 @@ struct SchedulerMetrics {
   uint64_t n_busy_slots_total = 0;       // sum over decodes of slots in the batch
   uint64_t n_tokens_max = 0;             // largest batch
   uint64_t requests_total = 0;
+  uint64_t requests_cancelled = 0;       // dropped because their consumer went away (queued or running)
   uint64_t slot_save_ok = 0, slot_save_fail = 0, slot_restore_ok = 0, slot_restore_fail = 0, slot_erase = 0;
   uint64_t slot_bytes_written = 0, slot_bytes_read = 0;
   // since the previous metrics(true) call
@@ -156,8 +177,10 @@ class Scheduler {
   int32_t n_ctx_slot() const { return n_ctx_slot_; }
   const Model& model() const { return ctx_.model(); }
 
-  // Queues a generation. Events arrive on the returned stream: Token*, then Done or Error.
-  std::shared_ptr<GenStream> submit(GenRequest req);
+  // Queues a generation. Events arrive on the returned stream: Token*, then Done or Error. A
+  // request whose consumer goes away (GenStream::cancel, or `alive` answering false) is dropped
+  // before the next decode step and ends with an IO error event.
+  std::shared_ptr<GenStream> submit(GenRequest req, ConsumerProbe alive = nullptr);
 
   // Slot actions; they block until done, waiting up to slot_wait_ms for a busy slot.
   // `path` is resolved and confined by the caller.
@@ -189,6 +212,8 @@ class Scheduler {
   void on_logits(Slot& s, const float* logits);
   void finish(Slot& s, StopType stop, bool truncated);
   void fail(Slot& s, const Status& st);
+  void drop_cancelled(Slot& s);
+  void drop_queued(Task& t);
   void publish(const Slot& s);  // refreshes the slot's snapshot (call on state changes)
   Slot* pick_slot(const GenRequest& r);
 

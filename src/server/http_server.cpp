@@ -1,9 +1,11 @@
 #include "server/http_server.h"
 
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <thread>
 
+#include "server/client_socket.h"
 #include "server/json_io.h"
 #include "server/server_state.h"
 
@@ -38,6 +40,8 @@ httplib::Server::Handler guarded(ServerState& st, RouteFn fn) {
 }
 
 namespace {
+
+constexpr int kListenBacklog = 1024;
 
 bool is_public_path(const std::string& p) {
   return p == "/health" || p == "/v1/health" || p == "/models" || p == "/v1/models" || p == "/";
@@ -165,6 +169,10 @@ Status HttpServer::bind() {
     impl_->port = o.port;
   }
   if (impl_->port <= 0) return io_error("serve: cannot listen on " + o.host + ":" + std::to_string(o.port) + " (address in use or not local?)");
+  // httplib listens with a backlog of 5: a burst of clients (32 connecting at once) would see
+  // SYNs dropped and retried a second later. The kernel caps this at net.core.somaxconn.
+  if (!raise_listen_backlog(impl_->port, kListenBacklog))
+    std::fprintf(stderr, "serve: warning: could not raise the listen backlog of port %d\n", impl_->port);
   return Status::ok();
 }
 

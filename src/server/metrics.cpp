@@ -40,6 +40,8 @@ std::string format_metrics(const SchedulerMetrics& m) {
 
   const char* K = "kvstash";
   metric(ss, K, "requests_total", "counter", "Generation requests received.", double(m.requests_total));
+  metric(ss, K, "requests_cancelled_total", "counter", "Generation requests dropped before their end because their client disconnected.",
+         double(m.requests_cancelled));
   metric(ss, K, "prompt_tokens_cached_total", "counter", "Prompt tokens served from the slot cache instead of computed.",
          double(m.prompt_tokens_cached_total));
   metric(ss, K, "slot_saves_total", "counter", "Slot saves that succeeded.", double(m.slot_save_ok));

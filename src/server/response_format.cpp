@@ -109,6 +109,11 @@ json slot_json(const SlotSnapshot& s) {
                                     {"has_new_line", s.has_new_line},
                                     {"n_remain", remain},
                                     {"n_decoded", s.n_decoded}}});
+    // kvstash: the task's decode steps, when the last began (CLOCK_MONOTONIC microseconds), and
+    // whether it was dropped because its client disconnected.
+    j["n_decode_steps"] = s.n_decode_steps;
+    j["t_last_decode_us"] = s.t_last_decode_us;
+    j["cancelled"] = s.cancelled;
   }
   return j;
 }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <thread>
@@ -174,6 +175,64 @@ TEST_F(SchedulerTest, CancelledRequestFreesItsSlot) {
   Out next = drain(*sched_->submit(greedy("The little girl", 4)));
   EXPECT_TRUE(next.error.is_ok());
   EXPECT_EQ(next.sum.n_predicted, 4);
+}
+
+// A consumer that goes away costs no decode step after the scheduler learns it. The probe is
+// asked once when the request takes its slot, then before every step; it answers "alive" 11
+// times: the placement and 10 steps, each sampling one token (the 5-token prompt is one step).
+TEST_F(SchedulerTest, DepartedConsumerIsDroppedBeforeTheNextDecodeStep) {
+  make(1, 4096);
+  GenRequest g = greedy("Once upon a time", -1);
+  ASSERT_EQ(g.prompt.size(), 5u);
+  g.ignore_eos = true;
+  std::atomic<int> calls{0};
+  auto s = sched_->submit(g, [&calls] { return calls.fetch_add(1) < 11; });
+  Out o = drain(*s);
+  EXPECT_EQ(o.tokens.size(), 10u);
+  EXPECT_EQ(o.error.code(), StatusCode::IO) << o.error.to_string();
+  EXPECT_TRUE(s->cancelled());
+  EXPECT_EQ(calls.load(), 12);  // never asked again after "gone"
+  const SlotSnapshot snap = sched_->slots()[0];  // published before the error event
+  EXPECT_FALSE(snap.is_processing);
+  EXPECT_TRUE(snap.cancelled);
+  EXPECT_EQ(snap.n_decoded, 10);
+  EXPECT_EQ(snap.n_decode_steps, 10);
+  EXPECT_EQ(snap.n_cached_tokens, 5 + 9);  // the 10th token was sampled, never evaluated
+  EXPECT_GT(snap.t_last_decode_us, 0);
+  EXPECT_EQ(sched_->metrics(false).requests_cancelled, 1u);
+  EXPECT_EQ(sched_->metrics(false).tokens_predicted_total, 0u);  // only finished requests count
+  // The slot is reusable and its cache still serves the shared prefix.
+  Out next = drain(*sched_->submit(greedy("Once upon a time", 4)));
+  ASSERT_TRUE(next.error.is_ok()) << next.error.to_string();
+  EXPECT_EQ(next.sum.n_cached, 4);
+  EXPECT_FALSE(sched_->slots()[0].cancelled);
+}
+
+// drop_probe(): once it returns the probe is never called again; a queued request whose consumer
+// cancelled never takes a slot and is counted as cancelled.
+TEST_F(SchedulerTest, DroppedProbeIsNotCalledAndCancelledQueuedRequestsNeverRun) {
+  make(1, 4096);
+  GenRequest g = greedy("Once upon a time", -1);
+  g.ignore_eos = true;
+  std::atomic<int> calls{0};
+  auto running = sched_->submit(g, [&calls] { calls.fetch_add(1); return true; });
+  Out first = drain(*running, 3);
+  ASSERT_EQ(first.tokens.size(), 3u);
+  running->drop_probe();
+  const int after_drop = calls.load();
+  auto queued = sched_->submit(greedy("The little girl", 4));
+  queued->cancel();
+  drain(*running, 20);
+  EXPECT_EQ(calls.load(), after_drop);
+  EXPECT_TRUE(sched_->slots()[0].is_processing);
+  running->cancel();
+  Out q = drain(*queued);
+  EXPECT_EQ(q.error.code(), StatusCode::IO);
+  EXPECT_TRUE(q.tokens.empty());
+  Out next = drain(*sched_->submit(greedy("Tom and Sue went to", 4)));
+  EXPECT_TRUE(next.error.is_ok());
+  EXPECT_EQ(sched_->metrics(false).requests_cancelled, 2u);
+  EXPECT_EQ(sched_->metrics(false).requests_total, 3u);
 }
 
 TEST_F(SchedulerTest, SlotActionsSaveRestoreEraseAndBusyBound) {

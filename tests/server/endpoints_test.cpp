@@ -78,6 +78,10 @@ TEST(ServerEndpoints, HealthPropsModelsSlots) {
   }
   EXPECT_EQ(s.body[2]["n_prompt_tokens"], 5);
   EXPECT_EQ(s.body[2]["next_token"][0]["n_decoded"], 7);
+  EXPECT_EQ(s.body[2]["n_decode_steps"], 7);  // the prompt's step samples the first token
+  EXPECT_GT(s.body[2]["t_last_decode_us"].get<int64_t>(), 0);
+  EXPECT_EQ(s.body[2]["cancelled"], false);
+  EXPECT_FALSE(s.body[0].contains("n_decode_steps"));  // no task ran there
   EXPECT_EQ(s.body[2]["params"]["temperature"], 0.0);
   EXPECT_FALSE(s.body[0].contains("id_task"));
 }
@@ -127,6 +131,7 @@ TEST(ServerEndpoints, MetricsUseLlamaCppNamesPlusKvstashCounters) {
   EXPECT_EQ(value("kvstash:slot_save_bytes_written_total"), double(fs::file_size(saves / "m.bin")));
   EXPECT_EQ(value("kvstash:slot_restore_bytes_read_total"), double(fs::file_size(saves / "m.bin")));
   EXPECT_EQ(value("kvstash:requests_total"), 2);
+  EXPECT_EQ(value("kvstash:requests_cancelled_total"), 0);
 }
 
 TEST(ServerEndpoints, TokenizeDetokenize) {

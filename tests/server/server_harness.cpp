@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -50,9 +51,22 @@ ServerProcess::~ServerProcess() {
     int st = 0;
     ::waitpid(pid_, &st, 0);
   }
+  expect_no_sanitizer_report();
+}
+
+void ServerProcess::expect_no_sanitizer_report() {
+  if (report_checked_) return;
+  report_checked_ = true;
+  const std::string l = log();
+  for (const char* marker : {"WARNING: ThreadSanitizer", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"})
+    if (l.find(marker) != std::string::npos) {
+      ADD_FAILURE() << "the server's log holds a sanitizer report (" << marker << "):\n" << l;
+      return;
+    }
 }
 
 void ServerProcess::spawn() {
+  report_checked_ = false;
   std::vector<std::string> argv = {KVSTASH_BINARY, "serve", "--port", "0"};
   bool has_model = false;
   for (const auto& a : args_) has_model |= a == "-m" || a == "--model";
@@ -138,6 +152,7 @@ int ServerProcess::stop(int sig) {
   int st = 0;
   ::waitpid(pid_, &st, 0);
   pid_ = -1;
+  expect_no_sanitizer_report();
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 

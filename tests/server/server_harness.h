@@ -1,6 +1,7 @@
 // Test harness for the HTTP server: starts the real `kvstash serve` binary (KVSTASH_BINARY) on
 // 127.0.0.1 at a free port (--port 0; the port is read from its log), talks HTTP with
-// httplib::Client, and reads server-sent events.
+// httplib::Client, and reads server-sent events. A sanitizer report in the server's log (ASan,
+// UBSan, TSan builds) fails the test that ran it.
 #pragma once
 
 #include <httplib.h>
@@ -32,12 +33,15 @@ class ServerProcess {
  public:
   // args: flags after `serve -m stories260K.gguf --port 0` (a different -m in args wins).
   explicit ServerProcess(std::vector<std::string> args, std::map<std::string, std::string> env = {});
-  ~ServerProcess();  // SIGKILL if still running
+  ~ServerProcess();  // SIGKILL if still running; then as expect_no_sanitizer_report()
 
   // Spawns and waits until /health answers 200 (throws, with the log, on failure).
   void start();
-  // Sends `sig` and waits; returns the exit status (128 + signal when killed).
+  // Sends `sig` and waits; returns the exit status (128 + signal when killed). Then as
+  // expect_no_sanitizer_report().
   int stop(int sig = 15);
+  // Fails the current test (once) if the server's log holds a sanitizer report.
+  void expect_no_sanitizer_report();
   // Spawns and waits for the process to exit by itself (for start-up errors); returns the status.
   int run_to_exit(int timeout_ms = 20000);
   bool running() const;
@@ -55,6 +59,7 @@ class ServerProcess {
   std::string log_path_;
   pid_t pid_ = -1;
   int port_ = -1;
+  bool report_checked_ = false;
 };
 
 struct HttpResult {
