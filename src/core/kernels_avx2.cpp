@@ -1,6 +1,7 @@
 // AVX2/FMA/F16C kernels. Compiled with -mavx2 -mfma -mf16c; used only when the CPU has them.
-// Every output element is one accumulator (8 float lanes) fed blocks in order, then reduced by
-// hsum() in a fixed pattern: tiling (R rows x T tokens) never changes a result (batch invariance).
+// Row-major weights: every output element is one accumulator (8 float lanes) fed blocks in order,
+// then reduced by hsum() in a fixed pattern; Interleaved8 weights: one lane of an 8-row accumulator
+// per element (tile_il8). Tiling (rows x tokens) never changes a result (batch invariance).
 #include "core/kernels.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -192,6 +193,11 @@ inline float load1(const void* row, int64_t i) {
   else return bf16_to_fp32(static_cast<const bf16_t*>(row)[i]);
 }
 
+// Decode (T = 1) over F16/BF16 rows: R row streams per thread outrun the hardware prefetcher;
+// each row's line kPrefetchBytes ahead is requested once per 64-byte line (docs/performance.md:
+// ~+35 % single-thread F16 decode). Prefetches change no arithmetic.
+constexpr int64_t kPrefetchBytes = 1024;
+
 template <DType W, int R, int T>
 void tile_float(const uint8_t* w, size_t wrb, const uint8_t* x, size_t xrb, int64_t n, float* y, int64_t ldy) {
   __m256 acc[R][T];
@@ -204,6 +210,12 @@ void tile_float(const uint8_t* w, size_t wrb, const uint8_t* x, size_t xrb, int6
     __m256 xv[T];
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(reinterpret_cast<const float*>(x + t * xrb) + i);
+    if constexpr (T == 1 && W != DType::F32) {
+      if ((i & 31) == 0) {  // once per 64-byte line of each 16-bit row
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + r * wrb + i * 2 + kPrefetchBytes), _MM_HINT_T0);
+      }
+    }
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256 wv = load8<W>(w + r * wrb, i);
