@@ -13,15 +13,52 @@
 
 namespace kvstash {
 
-// A weight matrix: n_rows rows of n_cols elements; row r starts at data + r * row_bytes.
-// Shape [n_rows, n_cols], n_cols contiguous (GGUF ne[0] = n_cols, ne[1] = n_rows).
+// How a weight matrix's bytes are ordered.
+//  RowMajor: row r starts at data + r * row_bytes (the GGUF order).
+//  Interleaved8 (Q8_0 and Q4_0 only, n_rows a multiple of 8): rows in groups of 8; for each group
+//    and each block b in order, one 8-row block: the 8 rows' fp16 scales (16 bytes), then their
+//    quants in 4-byte chunks, chunk-major: chunk c holds quant bytes [4c, 4c + 4) of rows 0..7
+//    (Q8_0: 8 chunks = elements 4c..4c+3; Q4_0: 4 chunks, low nibbles = elements 4c..4c+3 and high
+//    nibbles = 16+4c..16+4c+3). Same total bytes as RowMajor; Interleaved8Geom is the only place
+//    its offsets are computed, repack_interleaved8 the only writer.
+enum class WeightLayout : uint8_t { RowMajor, Interleaved8 };
+constexpr int64_t kInterleaveRows = 8;
+
+// A weight matrix: n_rows rows of n_cols elements, in `layout` (row_bytes is the bytes of one
+// row's worth of blocks in either layout). Shape [n_rows, n_cols], n_cols contiguous
+// (GGUF ne[0] = n_cols, ne[1] = n_rows).
 struct MatRef {
   DType type = DType::F32;
   const uint8_t* data = nullptr;
   int64_t n_rows = 0;
   int64_t n_cols = 0;
   size_t row_bytes = 0;
+  WeightLayout layout = WeightLayout::RowMajor;
 };
+
+// Byte offsets inside an Interleaved8 matrix of type t (Q8_0 or Q4_0) and row_bytes rb.
+struct Interleaved8Geom {
+  size_t block_bytes;  // one row's block: 34 (Q8_0) or 18 (Q4_0)
+  size_t row_bytes;
+  static constexpr size_t kScalesBytes = kInterleaveRows * sizeof(fp16_t);
+  static constexpr size_t kChunkBytes = 4;
+  // Start of the 8-row block b of group g (rows 8g..8g+7): scales, then quant chunks.
+  size_t block(int64_t g, int64_t b) const {
+    return size_t(g) * kInterleaveRows * row_bytes + size_t(b) * kInterleaveRows * block_bytes;
+  }
+  // Offset, inside an 8-row block, of quant chunk c of row j (0 <= j < 8).
+  static constexpr size_t chunk(int64_t c, int64_t j) { return kScalesBytes + size_t(c * kInterleaveRows + j) * kChunkBytes; }
+  size_t block_stride() const { return kInterleaveRows * block_bytes; }
+};
+inline Interleaved8Geom interleaved8_geom(DType t, size_t row_bytes) { return {dtype_traits(t).block_bytes, row_bytes}; }
+
+// Whether a matrix of this type and row count can be stored Interleaved8.
+inline bool can_interleave8(DType t, int64_t n_rows) {
+  return (t == DType::Q8_0 || t == DType::Q4_0) && n_rows > 0 && n_rows % kInterleaveRows == 0;
+}
+// Writes the n_rows x n_cols RowMajor matrix `src` to `dst` (n_rows * row_bytes bytes, not
+// overlapping src) in Interleaved8 order. Requires can_interleave8(t, n_rows).
+void repack_interleaved8(DType t, const uint8_t* src, int64_t n_rows, int64_t n_cols, uint8_t* dst);
 
 // The activation format a weight type multiplies with: Q8_0 for Q8_0 and Q4_0, F32 otherwise.
 DType act_type_for(DType weight);

@@ -1,6 +1,7 @@
 // AVX2/FMA/F16C kernels. Compiled with -mavx2 -mfma -mf16c; used only when the CPU has them.
-// Every output element is one accumulator (8 float lanes) fed blocks in order, then reduced by
-// hsum() in a fixed pattern: tiling (R rows x T tokens) never changes a result (batch invariance).
+// Row-major weights: every output element is one accumulator (8 float lanes) fed blocks in order,
+// then reduced by hsum() in a fixed pattern; Interleaved8 weights: one lane of an 8-row accumulator
+// per element (tile_il8). Tiling (rows x tokens) never changes a result (batch invariance).
 #include "core/kernels.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -91,6 +92,87 @@ void tile_quant(const uint8_t* w, size_t wrb, const uint8_t* x, size_t xrb, int6
     for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[r][t]);
 }
 
+// ---- Interleaved8 quantized tiles: one 8-row group x T activation rows ----
+// Per block and token: the 8 rows' exact int32 block sums in one vector (lane j = row j), then
+// acc = fma(float(sums), dw * dx, acc). Lane j performs exactly the scalar gemm_il8 sequence for
+// row j, whatever T, the group's neighbours or the thread: the result is batch invariant.
+inline __m256i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return _mm256_set1_epi32(v);
+}
+
+template <bool kQ4, int T>
+void tile_il8(const uint8_t* wg, size_t bstride, const uint8_t* x, size_t xrb, int64_t nb, float* y, int64_t ldy, int j0, int j1) {
+  static_assert(Interleaved8Geom::chunk(1, 0) - Interleaved8Geom::chunk(0, 0) == 32, "one chunk of 8 rows is one 256-bit load");
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256 acc[T];
+  #pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = wg + b * bstride;
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
+    const __m256i* q = reinterpret_cast<const __m256i*>(blk + Interleaved8Geom::chunk(0, 0));  // chunk c: q[c]
+    const BlockQ8_0* xb[T];
+    #pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const BlockQ8_0*>(x + t * xrb) + b;
+    __m256i sum[T];
+    if constexpr (kQ4) {
+      // u * x with u = nibble in 0..15: |u0 x0 + u1 x1| <= 3840 per int16 lane, so the 8 products
+      // of a block add up exactly in int16 (<= 30720); then sum (u - 8) x = sum u x - 8 sum x.
+      const __m256i m4 = _mm256_set1_epi8(0x0f);
+      __m256i s16[T];
+      #pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) s16[t] = _mm256_setzero_si256();
+      #pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const __m256i raw = _mm256_loadu_si256(q + c);
+        const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        #pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, bcast4(xb[t]->qs + 4 * c)));
+          s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, bcast4(xb[t]->qs + 16 + 4 * c)));
+        }
+      }
+      #pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[t]->qs));
+        __m256i xs = dot_u8_i8_lanes(_mm256_set1_epi8(8), xv);  // 8 * sum x, per 4-byte lane
+        xs = _mm256_add_epi32(xs, _mm256_shuffle_epi32(xs, 0x4e));
+        xs = _mm256_add_epi32(xs, _mm256_shuffle_epi32(xs, 0xb1));
+        xs = _mm256_add_epi32(xs, _mm256_permute2x128_si256(xs, xs, 0x01));
+        sum[t] = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones16), xs);
+      }
+    } else {
+      #pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) sum[t] = _mm256_setzero_si256();
+      #pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) {
+        const __m256i wv = _mm256_loadu_si256(q + c);
+        const __m256i aw = _mm256_sign_epi8(wv, wv);
+        #pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(bcast4(xb[t]->qs + 4 * c), wv));
+          sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(p16, ones16));
+        }
+      }
+    }
+    #pragma GCC unroll 8
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_mul_ps(dw, _mm256_set1_ps(h2f(xb[t]->d))), acc[t]);
+  }
+  #pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+    if (j0 == 0 && j1 == kInterleaveRows) {
+      _mm256_storeu_ps(y + t * ldy, acc[t]);
+    } else {
+      alignas(32) float tmp[kInterleaveRows];
+      _mm256_store_ps(tmp, acc[t]);
+      for (int j = j0; j < j1; ++j) y[t * ldy + j] = tmp[j];
+    }
+  }
+}
+
 // ---- float tiles (F32, F16, BF16 weights; F32 activations) ----
 template <DType W>
 inline __m256 load8(const void* row, int64_t i) {
@@ -111,6 +193,11 @@ inline float load1(const void* row, int64_t i) {
   else return bf16_to_fp32(static_cast<const bf16_t*>(row)[i]);
 }
 
+// Decode (T = 1) over F16/BF16 rows: R row streams per thread outrun the hardware prefetcher;
+// each row's line kPrefetchBytes ahead is requested once per 64-byte line (docs/performance.md:
+// ~+35 % single-thread F16 decode). Prefetches change no arithmetic.
+constexpr int64_t kPrefetchBytes = 1024;
+
 template <DType W, int R, int T>
 void tile_float(const uint8_t* w, size_t wrb, const uint8_t* x, size_t xrb, int64_t n, float* y, int64_t ldy) {
   __m256 acc[R][T];
@@ -123,6 +210,12 @@ void tile_float(const uint8_t* w, size_t wrb, const uint8_t* x, size_t xrb, int6
     __m256 xv[T];
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(reinterpret_cast<const float*>(x + t * xrb) + i);
+    if constexpr (T == 1 && W != DType::F32) {
+      if ((i & 31) == 0) {  // once per 64-byte line of each 16-bit row
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + r * wrb + i * 2 + kPrefetchBytes), _MM_HINT_T0);
+      }
+    }
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256 wv = load8<W>(w + r * wrb, i);
@@ -165,8 +258,35 @@ void tile_row_group(const MatRef& w, int64_t r, const uint8_t* x, size_t xrb, in
   for (; t < n_tok; ++t) call_tile<R, 1, Kind>(w, r, x, xrb, t, y, ldy);
 }
 
+// Interleaved8: row blocks of kRowBlock rows (8 groups) stay in cache while token tiles of 4
+// sweep them; a partial group (r0 or r1 inside a group) computes the whole group, stores its rows.
+constexpr int kTileTIl8 = 4;
+template <bool kQ4>
+void gemm_il8(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  static_assert(kRowBlock % kInterleaveRows == 0);
+  const Interleaved8Geom geo = interleaved8_geom(w.type, w.row_bytes);
+  const int64_t nb = w.n_cols / kQK8_0;
+  const int64_t g_end = (r1 + kInterleaveRows - 1) / kInterleaveRows;
+  for (int64_t gb = r0 / kInterleaveRows; gb < g_end; gb += kRowBlock / kInterleaveRows) {
+    const int64_t ge = std::min(g_end, gb + kRowBlock / kInterleaveRows);
+    auto groups = [&]<int T>(int64_t t) {
+      for (int64_t g = gb; g < ge; ++g) {
+        const int64_t rg = g * kInterleaveRows;
+        const int j0 = static_cast<int>(std::max<int64_t>(r0 - rg, 0)), j1 = static_cast<int>(std::min<int64_t>(r1 - rg, kInterleaveRows));
+        tile_il8<kQ4, T>(w.data + geo.block(g, 0), geo.block_stride(), x + t * xrb, xrb, nb, y + t * ldy + rg, ldy, j0, j1);
+      }
+    };
+    int64_t t = 0;
+    for (; t + kTileTIl8 <= n_tok; t += kTileTIl8) groups.template operator()<kTileTIl8>(t);
+    for (; t < n_tok; ++t) groups.template operator()<1>(t);
+  }
+}
+
 template <typename Kind>
 void gemm(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if constexpr (Kind::kQuant) {
+    if (w.layout == WeightLayout::Interleaved8) return gemm_il8<Kind::kQ4>(w, x, xrb, n_tok, y, ldy, r0, r1);
+  }
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
     const int64_t re = std::min(r1, rb + kRowBlock);
     int64_t r = rb;

@@ -32,7 +32,43 @@ void gemm_float(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, fl
   }
 }
 
+// Interleaved8 Q8_0 / Q4_0 (kernels.h): per row, acc = fma(float(block integer sum), dw * dx, acc)
+// over blocks in order: exactly the SIMD kernel's per-lane arithmetic, so the two agree bit for bit.
+template <bool kQ4>
+void gemm_il8(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t nb = w.n_cols / kQK8_0;
+  const Interleaved8Geom geo = interleaved8_geom(w.type, w.row_bytes);
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const auto* xb = reinterpret_cast<const BlockQ8_0*>(x + t * xrb);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t g = r / kInterleaveRows, j = r % kInterleaveRows;
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = w.data + geo.block(g, b);
+        fp16_t dw;
+        std::memcpy(&dw, blk + j * sizeof(fp16_t), sizeof dw);
+        int32_t s = 0;
+        if constexpr (kQ4) {
+          for (int64_t c = 0; c < 4; ++c)
+            for (int64_t i = 0; i < 4; ++i) {
+              const uint8_t q = blk[Interleaved8Geom::chunk(c, j) + i];
+              s += ((q & 0x0f) - 8) * static_cast<int32_t>(xb[b].qs[4 * c + i]);
+              s += ((q >> 4) - 8) * static_cast<int32_t>(xb[b].qs[16 + 4 * c + i]);
+            }
+        } else {
+          for (int64_t c = 0; c < 8; ++c)
+            for (int64_t i = 0; i < 4; ++i)
+              s += static_cast<int32_t>(static_cast<int8_t>(blk[Interleaved8Geom::chunk(c, j) + i])) * xb[b].qs[4 * c + i];
+        }
+        acc = std::fma(static_cast<float>(s), fp16_to_fp32(dw) * fp16_to_fp32(xb[b].d), acc);
+      }
+      y[t * ldy + r] = acc;
+    }
+  }
+}
+
 void gemm_q8_0(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (w.layout == WeightLayout::Interleaved8) return gemm_il8<false>(w, x, xrb, n_tok, y, ldy, r0, r1);
   const int64_t nb = w.n_cols / kQK8_0;
   for (int64_t t = 0; t < n_tok; ++t) {
     const auto* xb = reinterpret_cast<const BlockQ8_0*>(x + t * xrb);
@@ -50,6 +86,7 @@ void gemm_q8_0(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, flo
 }
 
 void gemm_q4_0(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (w.layout == WeightLayout::Interleaved8) return gemm_il8<true>(w, x, xrb, n_tok, y, ldy, r0, r1);
   const int64_t nb = w.n_cols / kQK4_0;
   for (int64_t t = 0; t < n_tok; ++t) {
     const auto* xb = reinterpret_cast<const BlockQ8_0*>(x + t * xrb);

@@ -141,6 +141,15 @@ GgufFile::~GgufFile() {
   if (map_) munmap(map_, size_);
 }
 
+void GgufFile::release_pages(const uint8_t* p, size_t n) const {
+  if (!map_ || p < base_ || n > size_ || size_t(p - base_) > size_ - n) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+  // A read-only private file mapping never holds modified pages: dropping them loses nothing.
+  if (lo < hi) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 Result<std::unique_ptr<GgufFile>> GgufFile::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return io_error("gguf: cannot open '" + path + "': " + std::strerror(errno));

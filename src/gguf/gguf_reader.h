@@ -53,6 +53,11 @@ class GgufFile {
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* find_tensor(std::string_view name) const;
 
+  // Advice: the resident pages wholly inside [p, p + n) are no longer needed (their contents were
+  // copied elsewhere). For an mmap'd file they are dropped and read again from the file if touched;
+  // for a caller-owned buffer nothing happens. The bytes seen through bytes() never change.
+  void release_pages(const uint8_t* p, size_t n) const;
+
   // Typed accessors: NotFound when missing, InvalidArgument naming the key on a type mismatch.
   Result<std::string> get_string(std::string_view key) const;
   Result<uint64_t> get_u64(std::string_view key) const;  // any non-negative integer type

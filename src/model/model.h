@@ -1,10 +1,13 @@
 // Model: a loaded GGUF model: hyperparameters, tokenizer and weight views into the mapping.
-// Owns: the GgufFile (mmap) and the Vocab. Weights are never copied or dequantized whole.
+// Owns: the GgufFile (mmap), the Vocab and the repacked weights. Weights are never dequantized
+// whole; Q8_0/Q4_0 matrices used through matmul are copied once at load into the Interleaved8
+// layout (core/kernels.h) and their mapped pages released; everything else is a view of the mmap.
 // Architectures live in arch_<name>.cpp; Model::from_gguf dispatches on general.architecture.
 // Thread-safe after load (read-only).
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -145,6 +148,10 @@ class Model {
   Status load_deepseek2();
   Result<KvLayout> kv_layout_llama(uint32_t n_cells, DType type_k, DType type_v) const;
   Result<KvLayout> kv_layout_deepseek2(uint32_t n_cells, DType type_k) const;
+  // Copies every Q8_0/Q4_0 matrix read only through matmul (not the token embeddings, read by row,
+  // nor an output matrix tied to them) with a row count that is a multiple of 8 into Interleaved8
+  // order, repoints its MatRef and releases the mapped pages. Runs after the architecture loader.
+  void repack_weights();
 
   std::unique_ptr<GgufFile> file_;
   Arch arch_ = Arch::Llama;
@@ -156,6 +163,10 @@ class Model {
   std::vector<LlamaLayer> layers_;
   std::vector<Deepseek2Layer> ds2_layers_;
   std::vector<std::unique_ptr<uint8_t[]>> owned_;  // derived matrices; Deepseek2Layer views point here
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, FreeDeleter> repacked_;  // Interleaved8 copies (repack_weights); MatRefs point here
   uint64_t derived_bytes_ = 0;
   mutable std::once_flag fp_once_;
   mutable ModelFingerprint fp_;

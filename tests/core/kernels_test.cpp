@@ -137,6 +137,128 @@ TEST(Kernels, BatchInvariantAcrossBatchSizeSplitsAndThreads) {
   }
 }
 
+// ---- Interleaved8 (repacked Q8_0 / Q4_0 weights) ----
+
+struct Repacked {
+  std::vector<uint8_t> bytes;
+  MatRef w;
+};
+
+Repacked repack(const Problem& p) {
+  Repacked r{std::vector<uint8_t>(p.w.size()), p.ref()};
+  repack_interleaved8(p.type, p.w.data(), p.n_rows, p.n_cols, r.bytes.data());
+  r.w.data = r.bytes.data();
+  r.w.layout = WeightLayout::Interleaved8;
+  return r;
+}
+
+// The layout as docs and kernels.h state it, spelled out independently of Interleaved8Geom:
+// group g, block b at g * 8 * row_bytes + b * 8 * block_bytes; 8 fp16 scales; then chunk-major
+// 4-byte chunks of the 8 rows.
+TEST(Kernels, Interleaved8RepackPlacesEveryByte) {
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    const int64_t rows = 24, cols = 96;
+    Problem p = make_problem(t, rows, cols, 1, 3);
+    Repacked r = repack(p);
+    const size_t rb = dtype_row_bytes(t, cols), bb = dtype_traits(t).block_bytes, nq = bb - 2;
+    ASSERT_EQ(r.bytes.size(), rows * rb);
+    size_t checked = 0;
+    for (int64_t row = 0; row < rows; ++row)
+      for (int64_t b = 0; b < cols / 32; ++b) {
+        const uint8_t* src = p.w.data() + row * rb + b * bb;
+        const uint8_t* blk = r.bytes.data() + (row / 8) * 8 * rb + b * 8 * bb;
+        const int64_t j = row % 8;
+        ASSERT_EQ(std::memcmp(blk + 2 * j, src, 2), 0) << dtype_name(t) << " scale of row " << row << " block " << b;
+        for (size_t i = 0; i < nq; ++i) {
+          ASSERT_EQ(blk[16 + (i / 4) * 32 + j * 4 + i % 4], src[2 + i]) << dtype_name(t) << " row " << row << " block " << b << " byte " << i;
+          ++checked;
+        }
+      }
+    EXPECT_EQ(checked, size_t(rows * (cols / 32) * nq));
+  }
+}
+
+// Both kernel sets compute the same arithmetic on the repacked layout: bit-identical to each
+// other, within the gemm tolerance of the exact dot, for any row range (partial groups included),
+// and the rows outside [r0, r1) are left untouched.
+TEST(Kernels, Interleaved8SimdEqualsScalarBitForBit) {
+  const KernelSet* simd = avx2_kernels();
+  ASSERT_NE(simd, nullptr);
+  const KernelSet& sc = scalar_kernels();
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    for (int64_t cols : {32, 256, 2048}) {
+      for (int64_t rows : {8, 40, 136}) {
+        const int64_t n_tok = 7;  // a tile of 4 and 3 single tokens
+        Problem p = make_problem(t, rows, cols, n_tok, 31);
+        Repacked r = repack(p);
+        const size_t xrb = dtype_row_bytes(DType::Q8_0, cols);
+        std::vector<uint8_t> xa(n_tok * xrb);
+        for (int64_t i = 0; i < n_tok; ++i) quantize_row_ref(DType::Q8_0, p.x.data() + i * cols, xa.data() + i * xrb, cols);
+        for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, rows}, {3, rows - 2}, {rows - 8, rows}, {5, 7}}) {
+          std::vector<float> y_simd(rows * n_tok, NAN), y_sc(rows * n_tok, NAN), y_rm(rows * n_tok, NAN);
+          gemm_for(*simd, t)(r.w, xa.data(), xrb, n_tok, y_simd.data(), rows, r0, r1);
+          gemm_for(sc, t)(r.w, xa.data(), xrb, n_tok, y_sc.data(), rows, r0, r1);
+          ASSERT_EQ(std::memcmp(y_simd.data(), y_sc.data(), y_sc.size() * sizeof(float)), 0)
+              << dtype_name(t) << " cols " << cols << " rows " << rows << " range " << r0 << ".." << r1;
+          for (int64_t i = 0; i < n_tok; ++i)
+            for (int64_t row = 0; row < rows; ++row) {
+              const float v = y_simd[i * rows + row];
+              if (row < r0 || row >= r1) {
+                EXPECT_TRUE(std::isnan(v)) << "row " << row << " outside " << r0 << ".." << r1 << " was written";
+                continue;
+              }
+              const double exact = ref_dot(p, row, xa.data() + i * xrb, DType::Q8_0);
+              EXPECT_NEAR(v, exact, 4e-5 * std::sqrt(double(cols))) << dtype_name(t) << " cols " << cols << " row " << row;
+            }
+        }
+      }
+    }
+  }
+}
+
+// matmul / matmul_tasks over repacked weights: bit-identical whatever the batch, chunking and
+// thread count, for row counts that are a multiple of 8 but not of the 16-row grain, span several
+// 64-row blocks, and a mixed list of a repacked and a row-major matrix.
+TEST(Kernels, Interleaved8BatchInvariantAcrossBatchSizeSplitsAndThreads) {
+  for (const KernelSet* k : {avx2_kernels(), &scalar_kernels()}) {
+    ASSERT_NE(k, nullptr);
+    for (DType t : {DType::Q8_0, DType::Q4_0}) {
+      const int64_t n_tok = 13, cols = 256;
+      Problem p = make_problem(t, 200, cols, n_tok, 41);     // 25 groups, 13 grains, 4 row blocks
+      Problem q = make_problem(t, 67, cols, n_tok, 43);      // stays row-major (67 % 8 != 0)
+      Repacked r = repack(p);
+      const MatRef wq = q.ref();
+      auto run2 = [&](ThreadPool& pool, const float* x, int64_t n) {
+        std::vector<uint8_t> scratch(n * dtype_row_bytes(DType::Q8_0, cols));
+        Acts a = prepare_acts(pool, *k, DType::Q8_0, x, n, cols, scratch.data());
+        std::vector<float> y(n * (p.n_rows + q.n_rows), NAN);
+        matmul(pool, *k, a, {{&r.w, y.data(), p.n_rows + q.n_rows}, {&wq, y.data() + p.n_rows, p.n_rows + q.n_rows}});
+        // The same products as tasks, one per matrix: identical to matmul.
+        std::vector<float> y2(y.size(), NAN);
+        const GemmTask tasks[] = {{&r.w, a.data, a.row_bytes, n, y2.data(), p.n_rows + q.n_rows},
+                                  {&wq, a.data, a.row_bytes, n, y2.data() + p.n_rows, p.n_rows + q.n_rows}};
+        matmul_tasks(pool, *k, tasks, 2);
+        EXPECT_EQ(std::memcmp(y.data(), y2.data(), y.size() * sizeof(float)), 0) << k->name << " " << dtype_name(t);
+        return y;
+      };
+      ThreadPool pool1(1), pool2(2), pool3(3);
+      const int64_t ld = p.n_rows + q.n_rows;
+      const std::vector<float> full = run2(pool2, p.x.data(), n_tok);
+      for (int64_t i = 0; i < n_tok; ++i) {
+        for (ThreadPool* pool : {&pool1, &pool3}) {
+          const std::vector<float> one = run2(*pool, p.x.data() + i * cols, 1);
+          ASSERT_EQ(std::memcmp(one.data(), full.data() + i * ld, ld * sizeof(float)), 0)
+              << k->name << " " << dtype_name(t) << " token " << i << " threads " << pool->n_threads();
+        }
+      }
+      const std::vector<float> a = run2(pool3, p.x.data(), 5);
+      const std::vector<float> b = run2(pool1, p.x.data() + 5 * cols, 8);
+      ASSERT_EQ(std::memcmp(a.data(), full.data(), a.size() * sizeof(float)), 0) << k->name << " " << dtype_name(t);
+      ASSERT_EQ(std::memcmp(b.data(), full.data() + 5 * ld, b.size() * sizeof(float)), 0) << k->name << " " << dtype_name(t);
+    }
+  }
+}
+
 TEST(Kernels, AttentionRowHelpers) {
   const KernelSet* simd = avx2_kernels();
   ASSERT_NE(simd, nullptr);
