@@ -3,6 +3,8 @@
 //             with 2398 user-defined tokens; 3 stories260K: the test model's SPM vocabulary),
 //             read from $KVSTASH_MODELS (default ../shared/models)
 //   bit 2: add_special, bit 3: parse_special
+//   bit 4: the rest is not text but token ids (little-endian u32, mapped to -4..n_vocab+3)
+//          for detokenize alone
 // Invariants, for any bytes: every id is in range; adding specials only adds the BOS/EOS ids. The exact round trips each tokenizer guarantees:
 //  - BPE (any bytes): the pieces (token_to_piece, special = true) concatenate to the text's
 //    lenient UTF-8 re-encoding (PreTokenizer::split), which is the text itself when it is valid
@@ -15,10 +17,14 @@
 //    token gets its own leading space (llama.cpp's is_prev_special), which is dropped here the
 //    same way. With add_special, detokenize(remove_special) drops the BOS and keeps the space
 //    (llama.cpp's rule).
+//  - detokenize of any ids (out-of-range ones contribute nothing) is the concatenation of
+//    token_to_piece, less one leading space of the first id's piece when the vocabulary adds a
+//    space prefix, unless the vocabulary cleans spaces (then it only must not crash).
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/le.h"
 #include "fuzz_support.h"
 #include "gguf/gguf_reader.h"
 #include "model/pretokenizer.h"
@@ -104,12 +110,32 @@ void check_spm(const Vocab& v, const std::string& text, const std::vector<int32_
   }
 }
 
+void check_detokenize_ids(const Vocab& v, const uint8_t* p, size_t n) {
+  std::vector<int32_t> ids;
+  const int64_t range = int64_t(v.n_tokens()) + 8;
+  for (size_t i = 0; i + 4 <= n; i += 4) ids.push_back(static_cast<int32_t>(int64_t(load_le<uint32_t>(p + i) % range) - 4));
+  for (bool special : {false, true}) {
+    std::string want;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const std::string piece = v.token_to_piece(ids[i], special);
+      want.append(piece, i == 0 && v.add_space_prefix() && !piece.empty() && piece[0] == ' ' ? 1 : 0);
+    }
+    const std::string got = v.detokenize(ids, special);
+    if (!v.clean_spaces()) FUZZ_CHECK(got == want, "detokenize differs from the concatenated pieces");
+    (void)v.detokenize(ids, special, /*remove_special=*/true);
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const Vocab& v = vocab(data[0] & 3);
   const bool add_special = data[0] & 4, parse_special = data[0] & 8;
+  if (data[0] & 16) {
+    check_detokenize_ids(v, data + 1, size - 1);
+    return 0;
+  }
   const std::string text(reinterpret_cast<const char*>(data + 1), size - 1);
 
   const std::vector<int32_t> ids = v.tokenize(text, add_special, parse_special);
@@ -126,7 +152,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } else if (is_valid_utf8(text)) {
     check_spm(v, text, ids, add_special, parse_special);
   } else {
-    (void)v.detokenize(ids, data[0] & 16);
+    (void)v.detokenize(ids, true);
   }
   return 0;
 }

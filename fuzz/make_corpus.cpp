@@ -100,6 +100,26 @@ struct Saved {
   DType type_k, type_v;
 };
 
+// META's writer string names the build's commit (§4.1); the seeds carry a fixed one instead, so
+// regenerating them at another commit gives the same bytes.
+std::vector<uint8_t> fixed_writer(const std::vector<uint8_t>& f) {
+  using namespace statefmt;
+  const uint32_t hb = load_le<uint32_t>(f.data() + 16);
+  const uint64_t len = load_le<uint64_t>(f.data() + hb + 8);
+  const uint8_t* meta = f.data() + hb + kFrameBytes;
+  const std::string writer = "kvstash (fuzz corpus)";
+  std::vector<uint8_t> out(f.begin(), f.begin() + hb + kFrameBytes);
+  store_le<uint64_t>(out.data() + hb + 8, 24 + 2 + writer.size());
+  out.insert(out.end(), meta, meta + 24);  // created, n_ctx, n_tokens, saved sequence, n_logits
+  out.push_back(static_cast<uint8_t>(writer.size()));
+  out.push_back(0);
+  out.insert(out.end(), writer.begin(), writer.end());
+  out.resize(out.size() + kTrailerBytes);
+  out.insert(out.end(), f.begin() + static_cast<std::ptrdiff_t>(hb + kFrameBytes + len + kTrailerBytes), f.end());
+  fuzz::fix_state_checksums(out);
+  return out;
+}
+
 std::vector<uint8_t> save_seq(const KvCache& cache, SeqId seq, const ModelFingerprint& fp, const float* logits, uint32_t n_logits) {
   std::vector<uint8_t> out;
   BufferSink sink(&out);
@@ -108,7 +128,7 @@ std::vector<uint8_t> save_seq(const KvCache& cache, SeqId seq, const ModelFinger
   opt.logits = logits;
   opt.n_logits = n_logits;
   must(state_write_seq(cache, seq, fp, opt, sink), "state_write_seq");
-  return out;
+  return fixed_writer(out);
 }
 
 std::vector<Saved> save_states(fuzz::TinyArch arch, const Model& m, DType tk, DType tv) {
@@ -140,7 +160,7 @@ std::vector<Saved> save_states(fuzz::TinyArch arch, const Model& m, DType tk, DT
   StateSaveOptions opt;
   opt.created_ms = 1700000000000ull;
   must(state_write_all(ctx->cache(), fp, opt, sink), "state_write_all");
-  out.push_back({tag + "-context", all, true, arch, tk, tv});
+  out.push_back({tag + "-context", fixed_writer(all), true, arch, tk, tv});
   return out;
 }
 
@@ -205,7 +225,7 @@ void state_regressions(const Model& llama) {
   opt.created_ms = 1700000000000ull;
   must(state_write_all(empty, fp, opt, sink), "state_write_all");
   c.read_all = true;
-  write_state("regress-issue6-empty-huge-rows", c, h);
+  write_state("regress-issue6-empty-huge-rows", c, fixed_writer(h));
 }
 
 void state_seeds() {
@@ -317,6 +337,13 @@ void tokenizer_seeds() {
       if ((n++ % 3) != 0 && sel > 3) continue;  // every text for every vocabulary, flags on a third of them
       write_text("fuzz_tokenizer", "text-" + std::to_string(i) + "-" + std::to_string(sel), sel, kTexts[i]);
     }
+  // Token ids for detokenize alone (selector bit 4): specials, byte tokens, the last ids and
+  // out-of-range ones of every vocabulary.
+  const uint32_t kIds[] = {1, 2, 0, 3, 13, 300, 29871, 50256, 100000, 100001, 100002, 511, 31999, 102399, 0xFFFFFFFFu, 220, 30, 0};
+  std::string ids;
+  for (uint32_t id : kIds)
+    for (int b = 0; b < 4; ++b) ids += static_cast<char>((id >> (8 * b)) & 0xff);
+  for (uint8_t vocab = 0; vocab < 4; ++vocab) write_text("fuzz_tokenizer", "ids-" + std::to_string(vocab), static_cast<uint8_t>(16 | vocab), ids);
 }
 
 // ---- fuzz_chat: template texts and conversations (selector: format | add_assistant << 4) ----
