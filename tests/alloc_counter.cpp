@@ -3,20 +3,33 @@
 #include "alloc_counter.h"
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
 namespace {
 std::atomic<int64_t> g_n_allocs{0};
 std::atomic<int64_t> g_bytes{0};
+std::atomic<std::size_t> g_limit{SIZE_MAX};  // AllocLimit
+std::atomic<std::size_t> g_largest_refused{0};
+
+bool over_limit(std::size_t n) noexcept {
+  if (n <= g_limit.load(std::memory_order_relaxed)) return false;
+  std::size_t prev = g_largest_refused.load(std::memory_order_relaxed);
+  while (prev < n && !g_largest_refused.compare_exchange_weak(prev, n, std::memory_order_relaxed)) {
+  }
+  return true;
+}
 
 void* counted_malloc(std::size_t n) noexcept {
   g_n_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (over_limit(n)) return nullptr;
   g_bytes.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
   return std::malloc(n == 0 ? 1 : n);
 }
 void* counted_aligned(std::size_t n, std::align_val_t a) noexcept {
   g_n_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (over_limit(n)) return nullptr;
   g_bytes.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
   const auto al = static_cast<std::size_t>(a);
   const std::size_t size = n == 0 ? al : (n + al - 1) / al * al;  // aligned_alloc wants a multiple
@@ -59,4 +72,11 @@ void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcep
 namespace kvstash::test {
 int64_t n_allocs() { return g_n_allocs.load(std::memory_order_relaxed); }
 int64_t bytes_allocated() { return g_bytes.load(std::memory_order_relaxed); }
+
+AllocLimit::AllocLimit(size_t max_bytes) {
+  g_largest_refused.store(0, std::memory_order_relaxed);
+  g_limit.store(max_bytes, std::memory_order_relaxed);
+}
+AllocLimit::~AllocLimit() { g_limit.store(SIZE_MAX, std::memory_order_relaxed); }
+size_t AllocLimit::largest_refused() const { return g_largest_refused.load(std::memory_order_relaxed); }
 }  // namespace kvstash::test

@@ -1,5 +1,6 @@
 #include "core/dtype.h"
 
+#include <algorithm>
 #include <cassert>
 #include <cmath>
 #include <cstring>
@@ -119,6 +120,15 @@ bf16_t fp32_to_bf16(float f) {
 
 namespace {
 
+// float -> int8 for the quantizers, without undefined behaviour. Blocks of finite, normal values
+// stay in range (ggml's results, bit for bit); an inf or NaN input, or a block so small that
+// 1 / d overflows, pushes values out of range: those saturate, and NaN becomes 0 (what x86's
+// truncating conversion gives ggml's (int8_t) cast).
+int8_t to_int8_saturated(float v) {
+  if (std::isnan(v)) return 0;
+  return static_cast<int8_t>(std::fmin(127.0f, std::fmax(-128.0f, v)));
+}
+
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
   for (int64_t i = 0; i < n / kQK8_0; ++i) {
     float amax = 0.0f;
@@ -126,7 +136,7 @@ void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[i].d = fp32_to_fp16(d);
-    for (int j = 0; j < kQK8_0; ++j) y[i].qs[j] = static_cast<int8_t>(std::roundf(x[i * kQK8_0 + j] * id));
+    for (int j = 0; j < kQK8_0; ++j) y[i].qs[j] = to_int8_saturated(std::roundf(x[i * kQK8_0 + j] * id));
   }
 }
 
@@ -146,8 +156,8 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n) {
     for (int j = 0; j < kQK4_0 / 2; ++j) {
       const float x0 = x[i * kQK4_0 + j] * id;
       const float x1 = x[i * kQK4_0 + kQK4_0 / 2 + j] * id;
-      const int xi0 = std::min(15, static_cast<int>(static_cast<int8_t>(x0 + 8.5f)));
-      const int xi1 = std::min(15, static_cast<int>(static_cast<int8_t>(x1 + 8.5f)));
+      const int xi0 = std::clamp(static_cast<int>(to_int8_saturated(x0 + 8.5f)), 0, 15);
+      const int xi1 = std::clamp(static_cast<int>(to_int8_saturated(x1 + 8.5f)), 0, 15);
       y[i].qs[j] = static_cast<uint8_t>(xi0 | (xi1 << 4));
     }
   }

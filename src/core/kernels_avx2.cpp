@@ -5,6 +5,7 @@
 #include "core/kernels.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -295,8 +296,9 @@ void gemm(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, float* y
   }
 }
 
-struct KindQ8 { static constexpr bool kQuant = true, kQ4 = false; static constexpr DType kW = DType::Q8_0; };
-struct KindQ4 { static constexpr bool kQuant = true, kQ4 = true; static constexpr DType kW = DType::Q4_0; };
+// kW (the weight dtype) is read by the float path only; quantized kinds pick their block by kQ4.
+struct KindQ8 { static constexpr bool kQuant = true, kQ4 = false; };
+struct KindQ4 { static constexpr bool kQuant = true, kQ4 = true; };
 template <DType D>
 struct KindF { static constexpr bool kQuant = false, kQ4 = false; static constexpr DType kW = D; };
 
@@ -485,10 +487,16 @@ const KernelSet kAvx2 = {
     quantize_q8_0, dot_row, axpy_row, store_row, quantize_q8_kv, dot_row_q,
 };
 
+// F16C is CPUID leaf 1, ECX bit 29: clang 14's __builtin_cpu_supports does not know "f16c".
+bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+
 }  // namespace
 
 const KernelSet* avx2_kernels() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
   return ok ? &kAvx2 : nullptr;
 }
 

@@ -17,6 +17,13 @@ const json* field(const json& j, const char* key) {
   return &*it;
 }
 
+// True when j[key] is the string `want`. (json::value(key, default) throws when the field has
+// another type, so it is never used on request bodies.)
+bool string_field_is(const json& j, const char* key, const char* want) {
+  const json* v = field(j, key);
+  return v && v->is_string() && v->get_ref<const std::string&>() == want;
+}
+
 // An integer field (an integral float such as 24.0 is accepted, as llama.cpp does).
 MaybeError get_int(const json& j, const char* key, int64_t lo, int64_t hi, int64_t* out) {
   const json* v = field(j, key);
@@ -110,7 +117,7 @@ MaybeError refuse_unsupported(const json& j) {
       return bad(std::string("'") + key + "' is not supported by this server");
   }
   if (const json* rf = field(j, "response_format")) {
-    if (!rf->is_object() || rf->value("type", std::string("text")) != "text")
+    if (!rf->is_object() || (field(*rf, "type") && !string_field_is(*rf, "type", "text")))
       return bad("'response_format' other than {\"type\":\"text\"} is not supported by this server");
   }
   return std::nullopt;
@@ -208,9 +215,9 @@ MaybeError parse_messages(const json& body, const RequestContext& rc, std::vecto
         cm.content = c->get<std::string>();
       } else if (c->is_array()) {
         for (const auto& part : *c) {
-          if (!part.is_object() || part.value("type", std::string()) != "text" || !part.contains("text") || !part["text"].is_string())
+          if (!part.is_object() || !string_field_is(part, "type", "text") || !field(part, "text") || !part["text"].is_string())
             return bad("only text content parts ({\"type\":\"text\",\"text\":...}) are supported");
-          cm.content += part["text"].get<std::string>();
+          cm.content += part["text"].get_ref<const std::string&>();
         }
       } else {
         return bad("a message's 'content' must be a string or an array of text parts");

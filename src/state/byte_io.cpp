@@ -96,7 +96,7 @@ Status FdSink::flush() {
 Status MemSource::read_at(uint64_t off, void* p, size_t n) {
   if (off > n_ || n > n_ - off)
     return corruption("state: truncated: need bytes [" + std::to_string(off) + ", " + std::to_string(off + n) + "), have " + std::to_string(n_));
-  std::memcpy(p, p_ + off, n);
+  if (n > 0) std::memcpy(p, p_ + off, n);  // memcpy may not be given a null pointer, even for 0 bytes
   return Status::ok();
 }
 

@@ -287,9 +287,9 @@ Status Reader::walk_rest(StateInfo* info, const ApplyFn& apply, std::vector<floa
         return corruption(where + ": section is for layer " + std::to_string(load_le<uint32_t>(b8)) + " stream " + std::to_string(load_le<uint32_t>(b8 + 4)));
       XXH3_64bits_reset(st_);
       XXH3_64bits_update(st_, b8, 8);
-      // Chunks of about 1 MiB, but never more rows than the section holds.
-      const uint32_t rows_per_chunk =
-          std::max<uint32_t>(1, std::min<uint32_t>(n, static_cast<uint32_t>(std::max<size_t>(1, (size_t(1) << 20) / s.row_bytes))));
+      // Chunks of about 1 MiB, but never more rows than the section holds: with no rows, nothing
+      // (row_bytes alone is unchecked: a 0-token file may declare any row size).
+      const uint32_t rows_per_chunk = std::min<uint32_t>(n, static_cast<uint32_t>(std::max<size_t>(1, (size_t(1) << 20) / s.row_bytes)));
       chunk_.resize(size_t(rows_per_chunk) * s.row_bytes);
       for (uint32_t k0 = 0; k0 < n; k0 += rows_per_chunk) {
         const uint32_t m = std::min(rows_per_chunk, n - k0);

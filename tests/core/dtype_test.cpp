@@ -106,6 +106,39 @@ TEST(DType, Q4_0BlockFormat) {
   for (int i = 0; i < 32; ++i) EXPECT_NEAR(y[i], x[i], std::fabs(d) / 2 + 1e-3f) << i;
 }
 
+// Issue 6 (found by fuzz_state converting corrupted rows): a NaN or inf, or a block of
+// denormals whose 1 / d overflows, reached an undefined float -> int8 cast. Now NaN -> 0 and
+// out-of-range values saturate; blocks of finite normal values are unchanged (ggml's results).
+TEST(DType, Issue6QuantizeNonFiniteAndTinyBlocksIsDefined) {
+  float x[32];
+  BlockQ8_0 q8;
+  for (int i = 0; i < 32; ++i) x[i] = static_cast<float>(i - 16);
+  x[3] = NAN;
+  quantize_row_ref(DType::Q8_0, x, &q8, 32);
+  EXPECT_EQ(q8.d, fp32_to_fp16(16.0f / 127.0f));
+  EXPECT_EQ(q8.qs[0], -127);
+  EXPECT_EQ(q8.qs[3], 0);
+  EXPECT_EQ(q8.qs[31], static_cast<int8_t>(std::roundf(15.0f * 127.0f / 16.0f)));
+  x[3] = -INFINITY;  // d = inf, 1 / d = 0: every value becomes 0 (-inf * 0 is NaN)
+  quantize_row_ref(DType::Q8_0, x, &q8, 32);
+  EXPECT_EQ(q8.d, 0x7C00);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(q8.qs[i], 0) << i;
+  for (int i = 0; i < 32; ++i) x[i] = (i - 16) * 1e-40f;  // 1 / d overflows to inf
+  quantize_row_ref(DType::Q8_0, x, &q8, 32);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(q8.qs[i], i < 16 ? -128 : i == 16 ? 0 : 127) << i;
+
+  BlockQ4_0 q4;
+  for (int i = 0; i < 32; ++i) x[i] = static_cast<float>(i) - 8.0f;
+  x[3] = NAN;
+  quantize_row_ref(DType::Q4_0, x, &q4, 32);
+  EXPECT_EQ(q4.d, fp32_to_fp16(-23.0f / 8.0f));
+  EXPECT_EQ(q4.qs[3] & 0x0f, 0);
+  EXPECT_EQ(q4.qs[8] & 0x0f, 8);
+  for (int i = 0; i < 32; ++i) x[i] = (i - 8) * 1e-40f;  // d < 0, 1 / d = -inf
+  quantize_row_ref(DType::Q4_0, x, &q4, 32);
+  for (int j = 0; j < 16; ++j) EXPECT_EQ(q4.qs[j], j < 8 ? 0x0F : 0x00) << j;
+}
+
 TEST(DType, RoundTripErrorBounds) {
   std::mt19937 rng(3);
   std::normal_distribution<float> nd(0.0f, 1.0f);
