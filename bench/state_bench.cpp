@@ -1,18 +1,44 @@
-// State save/restore throughput next to the cost of recomputing the same prefill.
-//   KVSTASH_BENCH_MODEL   model (default: generates the TinyLlama-1.1B shape in Q8_0 under $TMPDIR)
-//   KVSTASH_BENCH_TOKENS  comma list of sequence lengths (default 4096)
-//   KVSTASH_BENCH_TYPES   comma list of cache types (default f16)
-//   KVSTASH_BENCH_DIR     where files are written (default $TMPDIR)
-// Prefill is timed once per (length, type) and reported as counters beside each save/restore.
-#include <benchmark/benchmark.h>
+// State save and restore next to recomputing the same prefill (issue 7): one row per
+// (sequence length, cache type), -ctk = -ctv = type, printed as a markdown table (and JSON).
+//
+//   kvstash_state_bench [--tokens 1024,4096] [--types f32,f16,bf16,q8_0,q4_0,q8_KV] [--reps 5]
+//                       [--threads 2] [--fill prefill|random] [--model PATH] [--dir DIR] [--json FILE]
+//
+// Per row, on one sequence of n tokens saved without logits:
+//   cache bytes   rows the KvLayout holds for n tokens (layout.cell_bytes() x n)
+//   file bytes    the state file; overhead = file - cache, checked against 0.1 % of cache + 4 KiB
+//   save durable  state_save_seq_file with fsync of file and directory (the default), with the
+//                 context's pool (StateSaveOptions::pool: rows hashed on a second thread)
+//   save no-fsync the same without fsyncs; the file is fdatasync'ed after each timed save, untimed,
+//                 so every save starts with no writeback in flight
+//   restore       state_load_seq_file into an empty cache of n + 16 cells (free cells contiguous),
+//                 file page-cache resident (one untimed restore reads it first); with 1 thread and
+//                 with --threads threads (StateLoadOptions::pool)
+//   recompute     wall time of the one prefill that filled the cache (n tokens in one eval on a
+//                 fresh context with --threads threads): measured once per row, never extrapolated
+//   ratio         recompute / restore (median, --threads threads)
+// Times are best and median of --reps runs; GB/s = file bytes / best time. "CPU ms": median
+// process CPU time of the 1-thread restore (robust when other processes share the cores).
+// --fill random skips the prefill (rows are pseudo-random bytes; no recompute column): for quick
+// save/restore runs. Without --model the TinyLlama-1.1B shape in Q8_0 is generated under
+// $TMPDIR/kvstash-bench (KVSTASH_MODELS points at the vocab, default ../shared/models).
+#include <fcntl.h>
+#include <time.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <sstream>
+#include <string>
+#include <vector>
 
+#include "core/threadpool.h"
 #include "engine/context.h"
 #include "model/model.h"
 #include "model/model_gen.h"
@@ -21,9 +47,37 @@
 namespace kvstash {
 namespace {
 
-std::string env_or(const char* k, const std::string& d) {
-  const char* e = std::getenv(k);
-  return e && *e ? e : d;
+struct Options {
+  std::vector<uint32_t> tokens = {1024, 4096};
+  std::vector<DType> types = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q8_KV};
+  int reps = 5;
+  int threads = 2;
+  bool prefill = true;
+  std::string model;
+  std::string dir;
+  std::string json;
+};
+
+struct Timing {
+  std::vector<double> ms;  // sorted
+  double best() const { return ms.front(); }
+  double median() const { return ms[ms.size() / 2]; }
+};
+
+struct Row {
+  uint32_t n_tokens = 0;
+  DType type = DType::F16;
+  uint64_t cache_bytes = 0, file_bytes = 0;
+  Timing save_durable, save_nofsync, restore_1, restore_n;
+  Timing restore_1_cpu, restore_n_cpu;  // process CPU time (all threads) of the same restores
+  double recompute_s = -1;  // < 0: not measured (--fill random)
+  uint64_t overhead() const { return file_bytes - cache_bytes; }
+  uint64_t overhead_bound() const { return cache_bytes / 1000 + 4096; }
+};
+
+[[noreturn]] void die(const std::string& m) {
+  std::fprintf(stderr, "kvstash_state_bench: %s\n", m.c_str());
+  std::exit(1);
 }
 
 std::vector<std::string> split(const std::string& s) {
@@ -34,73 +88,253 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-struct Setup {
-  std::unique_ptr<Model> model;
-  std::unique_ptr<Context> ctx;
-  int32_t n_tokens;
-  double prefill_s;
-  std::string path;
-};
+std::string env_or(const char* k, const std::string& d) {
+  const char* e = std::getenv(k);
+  return e && *e ? e : d;
+}
 
-std::vector<std::unique_ptr<Setup>> g_setups;
-
-std::string bench_model() {
-  std::string m = env_or("KVSTASH_BENCH_MODEL", "");
-  if (!m.empty()) return m;
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "kvstash-bench";
-  std::filesystem::create_directories(dir);
-  const std::string path = (dir / "tinyllama-1.1b-q8_0.gguf").string();
-  if (!std::filesystem::exists(path)) {
-    auto spec = model_gen_preset("tinyllama-1.1b");
-    ModelGenSpec s = spec.value();
-    s.type = DType::Q8_0;
-    s.vocab_path = env_or("KVSTASH_MODELS", "../shared/models") + "/ggml-vocab-llama-spm.gguf";
-    std::fprintf(stderr, "generating %s ...\n", path.c_str());
-    Status st = model_gen_write(s, path);
-    if (!st.is_ok()) {
-      std::fprintf(stderr, "error: %s\n", st.to_string().c_str());
-      std::exit(1);
+Options parse(int argc, char** argv) {
+  Options o;
+  o.dir = (std::filesystem::temp_directory_path() / "kvstash-bench").string();
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) die("missing value after " + a);
+      return argv[++i];
+    };
+    if (a == "--tokens") {
+      o.tokens.clear();
+      for (const std::string& x : split(val())) {
+        const long n = std::strtol(x.c_str(), nullptr, 10);
+        if (n <= 0 || n > (1 << 20)) die("bad token count '" + x + "'");
+        o.tokens.push_back(static_cast<uint32_t>(n));
+      }
+    } else if (a == "--types") {
+      o.types.clear();
+      for (const std::string& x : split(val())) {
+        auto t = dtype_from_name(x);
+        if (!t) die("unknown cache type '" + x + "'");
+        o.types.push_back(*t);
+      }
+    } else if (a == "--reps" || a == "-r") {
+      o.reps = std::atoi(val().c_str());
+      if (o.reps < 1) die("--reps must be at least 1");
+    } else if (a == "--threads" || a == "-t") {
+      o.threads = std::atoi(val().c_str());
+      if (o.threads < 1) die("--threads must be at least 1");
+    } else if (a == "--fill") {
+      const std::string f = val();
+      if (f != "prefill" && f != "random") die("--fill is prefill or random");
+      o.prefill = f == "prefill";
+    } else if (a == "--model" || a == "-m") {
+      o.model = val();
+    } else if (a == "--dir") {
+      o.dir = val();
+    } else if (a == "--json") {
+      o.json = val();
+    } else if (a == "--help" || a == "-h") {
+      std::printf("usage: kvstash_state_bench [--tokens 1024,4096] [--types f32,f16,bf16,q8_0,q4_0,q8_KV] [--reps 5] [--threads 2]\n"
+                  "                           [--fill prefill|random] [--model PATH] [--dir DIR] [--json FILE]\n");
+      std::exit(0);
+    } else {
+      die("unknown option '" + a + "' (--help)");
     }
   }
+  if (o.tokens.empty() || o.types.empty()) die("--tokens and --types need at least one value");
+  return o;
+}
+
+std::string default_model(const std::string& dir) {
+  const std::string path = (std::filesystem::path(dir) / "tinyllama-1.1b-q8_0.gguf").string();
+  if (std::filesystem::exists(path)) return path;
+  ModelGenSpec s = model_gen_preset("tinyllama-1.1b").value();
+  s.type = DType::Q8_0;
+  s.vocab_path = env_or("KVSTASH_MODELS", "../shared/models") + "/ggml-vocab-llama-spm.gguf";
+  std::fprintf(stderr, "generating %s ...\n", path.c_str());
+  if (Status st = model_gen_write(s, path); !st.is_ok()) die(st.to_string());
   return path;
 }
 
-void BM_Save(benchmark::State& state, Setup* s, bool durable) {
-  StateSaveOptions so;
-  so.durable = durable;
-  uint64_t bytes = 0;
-  for (auto _ : state) {
-    auto r = state_save_seq_file(s->ctx->cache(), 0, s->model->fingerprint(), s->path, so);
-    if (!r.is_ok()) {
-      state.SkipWithError(r.status().to_string().c_str());
-      break;
-    }
-    bytes = r->n_bytes;
-  }
-  state.SetBytesProcessed(int64_t(bytes) * state.iterations());
-  state.counters["file_MB"] = bytes / 1e6;
-  state.counters["prefill_s"] = s->prefill_s;
-  state.counters["tokens"] = s->n_tokens;
+double now_ms() { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+double cpu_ms() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
 }
 
-void BM_Restore(benchmark::State& state, Setup* s) {
-  uint64_t bytes = 0;
-  double total_s = 0;
-  for (auto _ : state) {
-    s->ctx->cache().seq_rm(1, -1, -1);
-    const auto t0 = std::chrono::steady_clock::now();
-    auto r = state_load_seq_file(s->ctx->cache(), 1, s->model->fingerprint(), s->path, StateLoadOptions{});
-    total_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (!r.is_ok()) {
-      state.SkipWithError(r.status().to_string().c_str());
-      break;
+void finish(Timing* t) { std::sort(t->ms.begin(), t->ms.end()); }
+
+void fdatasync_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0 || ::fdatasync(fd) != 0) die("cannot fdatasync " + path);
+  ::close(fd);
+}
+
+// Fills cells [0, n) of sequence 0 with pseudo-random rows (splitmix64).
+void fill_random(KvCache& cache, uint32_t n) {
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  const KvLayout& L = cache.layout();
+  for (uint32_t il = 0; il < L.n_layers(); ++il)
+    for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si) {
+      uint8_t* p = cache.row(il, si, 0);
+      const size_t bytes = L.layer(il).streams[si].row_bytes * n;
+      for (size_t i = 0; i < bytes; i += 8) {
+        uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        std::memcpy(p + i, &z, std::min<size_t>(8, bytes - i));
+      }
     }
-    bytes = r->n_bytes;
+  for (uint32_t c = 0; c < n; ++c) cache.cell_assign(c, static_cast<int32_t>(c), 0, static_cast<int32_t>(3 + c % 1000));
+}
+
+Row run_row(const Model& model, uint32_t n, DType type, const Options& o) {
+  Row row;
+  row.n_tokens = n;
+  row.type = type;
+  const std::string what = std::to_string(n) + " tokens, " + dtype_name(type);
+  ContextParams cp;
+  cp.n_ctx = n + 16;
+  cp.n_threads = o.threads;
+  cp.type_k = cp.type_v = type;
+  auto c = Context::create(model, cp);
+  if (!c.is_ok()) die(what + ": " + c.status().to_string());
+  Context& ctx = **c;
+  if (o.prefill) {
+    std::vector<int32_t> prompt(n);
+    const int32_t nv = static_cast<int32_t>(model.hparams().n_vocab);
+    for (uint32_t i = 0; i < n; ++i) prompt[i] = 3 + static_cast<int32_t>((i * 7919u) % uint32_t(nv - 3));
+    const double t0 = now_ms();
+    auto r = ctx.eval(0, prompt.data(), static_cast<int32_t>(n), 0);
+    row.recompute_s = (now_ms() - t0) / 1e3;
+    if (!r.is_ok()) die(what + ": prefill: " + r.status().to_string());
+    std::fprintf(stderr, "%s: prefill %.2f s\n", what.c_str(), row.recompute_s);
+  } else {
+    fill_random(ctx.cache(), n);
   }
-  state.SetBytesProcessed(int64_t(bytes) * state.iterations());
-  state.counters["prefill_s"] = s->prefill_s;
-  state.counters["speedup_vs_prefill"] = s->prefill_s / (total_s / std::max<int64_t>(1, state.iterations()));
-  state.counters["tokens"] = s->n_tokens;
+  row.cache_bytes = uint64_t(ctx.cache().layout().cell_bytes()) * n;
+  const std::string path = (std::filesystem::path(o.dir) / ("kvstash-state-bench-" + std::to_string(n) + "-" + dtype_name(type) + ".state")).string();
+  const ModelFingerprint& fp = model.fingerprint();
+
+  for (bool durable : {true, false}) {
+    Timing& t = durable ? row.save_durable : row.save_nofsync;
+    StateSaveOptions so;
+    so.durable = durable;
+    so.pool = &ctx.pool();  // hashes on a second thread while the first writes
+    for (int i = 0; i < o.reps; ++i) {
+      const double t0 = now_ms();
+      auto r = state_save_seq_file(ctx.cache(), 0, fp, path, so);
+      t.ms.push_back(now_ms() - t0);
+      if (!r.is_ok()) die(what + ": save: " + r.status().to_string());
+      row.file_bytes = r->n_bytes;
+      if (!durable) fdatasync_file(path);
+    }
+    finish(&t);
+  }
+
+  auto target_layout = model.kv_layout(n + 16, type, type);
+  if (!target_layout.is_ok()) die(what + ": " + target_layout.status().to_string());
+  KvCache target(std::move(target_layout).value());
+  for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &ctx.pool()}) {  // the context's pool, as the engine would pass it
+    Timing& t = p ? row.restore_n : row.restore_1;
+    StateLoadOptions lo;
+    lo.pool = p;
+    for (int i = -1; i < o.reps; ++i) {  // i = -1: untimed, reads the file into the page cache
+      target.clear();
+      const double c0 = cpu_ms(), t0 = now_ms();
+      auto r = state_load_seq_file(target, 0, fp, path, lo);
+      const double wall = now_ms() - t0, cpu = cpu_ms() - c0;
+      if (!r.is_ok()) die(what + ": restore: " + r.status().to_string());
+      if (r->n_tokens != n) die(what + ": restore gave " + std::to_string(r->n_tokens) + " tokens");
+      if (i < 0) continue;
+      t.ms.push_back(wall);
+      (p ? row.restore_n_cpu : row.restore_1_cpu).ms.push_back(cpu);
+    }
+    finish(&t);
+  }
+  finish(&row.restore_1_cpu);
+  finish(&row.restore_n_cpu);
+  // The restored rows are the saved ones (a bench that measured a broken restore would be worse than none).
+  const KvLayout& L = ctx.cache().layout();
+  for (uint32_t il = 0; il < L.n_layers(); ++il)
+    for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si)
+      if (std::memcmp(ctx.cache().row(il, si, 0), target.row(il, si, 0), L.layer(il).streams[si].row_bytes * n) != 0)
+        die(what + ": restored rows differ from the saved ones (layer " + std::to_string(il) + ")");
+  std::filesystem::remove(path);
+  return row;
+}
+
+double gbps(uint64_t bytes, double ms) { return bytes / (ms * 1e6); }
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+std::string loadavg() {
+  std::ifstream f("/proc/loadavg");
+  std::string a, b, c;
+  f >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+std::string ms_cell(const Timing& t) { return fmt("%.1f", t.best()) + " / " + fmt("%.1f", t.median()); }
+
+void print_markdown(const std::vector<Row>& rows, const Options& o) {
+  std::printf("| tokens | type | cache MB | file MB | overhead | <= 0.1 %% + 4 KiB | save durable ms | GB/s | save no-fsync ms | GB/s "
+              "| restore 1 thr ms | GB/s | CPU ms | restore %d thr ms | GB/s | recompute s | recompute / restore |\n",
+              o.threads);
+  std::printf("|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const Row& r : rows) {
+    const double pct = 100.0 * double(r.overhead()) / double(r.cache_bytes);
+    std::printf("| %u | %s | %.3f | %.3f | %llu B (%.3f %%) | %s | %s | %.2f | %s | %.2f | %s | %.2f | %.1f | %s | %.2f | %s | %s |\n", r.n_tokens,
+                dtype_name(r.type), r.cache_bytes / 1e6, r.file_bytes / 1e6, static_cast<unsigned long long>(r.overhead()), pct,
+                r.overhead() <= r.overhead_bound() ? "yes" : ("**no** (bound " + std::to_string(r.overhead_bound()) + " B)").c_str(),
+                ms_cell(r.save_durable).c_str(), gbps(r.file_bytes, r.save_durable.best()), ms_cell(r.save_nofsync).c_str(),
+                gbps(r.file_bytes, r.save_nofsync.best()), ms_cell(r.restore_1).c_str(), gbps(r.file_bytes, r.restore_1.best()),
+                r.restore_1_cpu.median(),
+                ms_cell(r.restore_n).c_str(), gbps(r.file_bytes, r.restore_n.best()),
+                r.recompute_s < 0 ? "not measured" : fmt("%.1f", r.recompute_s).c_str(),
+                r.recompute_s < 0 ? "-" : (fmt("%.0f", r.recompute_s * 1e3 / r.restore_n.median()) + "x").c_str());
+  }
+}
+
+std::string json_array(const Timing& t) {
+  std::string s = "[";
+  for (size_t i = 0; i < t.ms.size(); ++i) s += (i ? ", " : "") + fmt("%.3f", t.ms[i]);
+  return s + "]";
+}
+
+void write_json(const std::vector<Row>& rows, const Options& o, const std::string& model_path, const std::string& load_before,
+                const std::string& load_after) {
+  std::ofstream f(o.json);
+  if (!f) die("cannot write " + o.json);
+  f << "{\n  \"commit\": \"" << KVSTASH_COMMIT << "\",\n  \"cpu\": \"" << cpu_model() << "\",\n  \"compiler\": \"" << __VERSION__
+    << "\",\n  \"flags\": \"" << KVSTASH_BUILD_FLAGS << "\",\n  \"model\": \"" << model_path << "\",\n  \"threads\": " << o.threads
+    << ",\n  \"reps\": " << o.reps << ",\n  \"fill\": \"" << (o.prefill ? "prefill" : "random") << "\",\n  \"loadavg_before\": \""
+    << load_before << "\",\n  \"loadavg_after\": \"" << load_after << "\",\n  \"rows\": [\n";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    f << "    {\"tokens\": " << r.n_tokens << ", \"type\": \"" << dtype_name(r.type) << "\", \"cache_bytes\": " << r.cache_bytes
+      << ", \"file_bytes\": " << r.file_bytes << ", \"overhead_bytes\": " << r.overhead() << ", \"overhead_bound_bytes\": " << r.overhead_bound()
+      << ", \"save_durable_ms\": " << json_array(r.save_durable) << ", \"save_nofsync_ms\": " << json_array(r.save_nofsync)
+      << ", \"restore_1thread_ms\": " << json_array(r.restore_1) << ", \"restore_threads_ms\": " << json_array(r.restore_n)
+      << ", \"restore_1thread_cpu_ms\": " << json_array(r.restore_1_cpu) << ", \"restore_threads_cpu_ms\": " << json_array(r.restore_n_cpu) << ", \"recompute_s\": ";
+    if (r.recompute_s < 0) f << "null";
+    else f << fmt("%.3f", r.recompute_s);
+    f << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
+  }
+  f << "  ]\n}\n";
 }
 
 }  // namespace
@@ -108,57 +342,20 @@ void BM_Restore(benchmark::State& state, Setup* s) {
 
 int main(int argc, char** argv) {
   using namespace kvstash;
-  benchmark::Initialize(&argc, argv);
-  const std::string model_path = bench_model();
-  const std::string dir = env_or("KVSTASH_BENCH_DIR", std::filesystem::temp_directory_path().string());
-  for (const std::string& tname : split(env_or("KVSTASH_BENCH_TYPES", "f16"))) {
-    auto t = dtype_from_name(tname);
-    if (!t) {
-      std::fprintf(stderr, "unknown cache type %s\n", tname.c_str());
-      return 1;
-    }
-    for (const std::string& ns : split(env_or("KVSTASH_BENCH_TOKENS", "4096"))) {
-      auto s = std::make_unique<Setup>();
-      s->n_tokens = std::stoi(ns);
-      auto m = Model::load(model_path);
-      if (!m.is_ok()) {
-        std::fprintf(stderr, "error: %s\n", m.status().to_string().c_str());
-        return 1;
-      }
-      s->model = std::move(m).value();
-      ContextParams cp;
-      cp.n_ctx = static_cast<uint32_t>(2 * s->n_tokens + 16);
-      cp.type_k = cp.type_v = *t;
-      auto c = Context::create(*s->model, cp);
-      if (!c.is_ok()) {
-        std::fprintf(stderr, "error: %s\n", c.status().to_string().c_str());
-        return 1;
-      }
-      s->ctx = std::move(c).value();
-      std::vector<int32_t> prompt(s->n_tokens);
-      for (int i = 0; i < s->n_tokens; ++i) prompt[i] = 3 + (i * 7919) % (int32_t(s->model->hparams().n_vocab) - 3);
-      const auto t0 = std::chrono::steady_clock::now();
-      auto r = s->ctx->eval(0, prompt.data(), s->n_tokens, 0);
-      s->prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (!r.is_ok()) {
-        std::fprintf(stderr, "error: %s\n", r.status().to_string().c_str());
-        return 1;
-      }
-      std::fprintf(stderr, "prefill of %d tokens (%s cache): %.2f s\n", s->n_tokens, tname.c_str(), s->prefill_s);
-      s->path = dir + "/kvstash-bench-" + tname + "-" + ns + ".state";
-      Setup* sp = s.get();
-      g_setups.push_back(std::move(s));
-      const std::string suffix = "/" + tname + "/" + ns;
-      benchmark::RegisterBenchmark(("state_save_durable" + suffix).c_str(), [sp](benchmark::State& st) { BM_Save(st, sp, true); })
-          ->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
-      benchmark::RegisterBenchmark(("state_save_nofsync" + suffix).c_str(), [sp](benchmark::State& st) { BM_Save(st, sp, false); })
-          ->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
-      benchmark::RegisterBenchmark(("state_restore" + suffix).c_str(), [sp](benchmark::State& st) { BM_Restore(st, sp); })
-          ->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
-    }
-  }
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  for (auto& s : g_setups) std::filesystem::remove(s->path);
+  const Options o = parse(argc, argv);
+  std::filesystem::create_directories(o.dir);
+  const std::string model_path = !o.model.empty() ? o.model : env_or("KVSTASH_BENCH_MODEL", "").empty() ? default_model(o.dir) : env_or("KVSTASH_BENCH_MODEL", "");
+  auto m = Model::load(model_path);
+  if (!m.is_ok()) die(m.status().to_string());
+  const std::string load_before = loadavg();
+  std::vector<Row> rows;
+  for (uint32_t n : o.tokens)
+    for (DType t : o.types) rows.push_back(run_row(**m, n, t, o));
+  const std::string load_after = loadavg();
+  std::printf("kvstash %s (%s), %s, %s, %s; model %s; %d threads; %d reps; fill %s; load average %s before, %s after\n\n", KVSTASH_VERSION,
+              KVSTASH_COMMIT, cpu_model().c_str(), __VERSION__, KVSTASH_BUILD_FLAGS, model_path.c_str(), o.threads, o.reps,
+              o.prefill ? "prefill" : "random", load_before.c_str(), load_after.c_str());
+  print_markdown(rows, o);
+  if (!o.json.empty()) write_json(rows, o, model_path, load_before, load_after);
   return 0;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test: a Release build, then an AddressSanitizer + UBSan build,
-# then the tests that run threads (server, scheduler, thread pool) under ThreadSanitizer.
+# then the tests that run threads (server, scheduler, thread pool) under ThreadSanitizer, then
+# every libFuzzer target for KVSTASH_FUZZ_SECONDS (default 30) each.
 # Shared fixtures come from $KVSTASH_MODELS (default: ../shared/models beside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,3 +43,7 @@ if [ "$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 28)" -gt 28 ]; then c
 TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
   run_suite "tsan" build/tsan '^(Server|SlotSaveScenario\.|SchedulerTest\.|ThreadPool\.|Kernels\.BatchInvariant|StoriesBatchInvariance\.|server\.OpenAiNodeClient)' \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSTASH_SANITIZE=thread -DKVSTASH_BENCH=OFF
+# libFuzzer: every target of fuzz/ for a bounded time over its seed corpus (clang, ASan + UBSan);
+# any crash, leak, timeout or sanitizer report fails the run (scripts/fuzz.sh, fuzz/README.md).
+echo "== fuzz =="
+KVSTASH_JOBS="$jobs" ./scripts/fuzz.sh "${KVSTASH_FUZZ_SECONDS:-30}"

@@ -108,7 +108,9 @@ int run_command(const RunOptions& o) {
   }
   if (!o.prompt_cache.empty() && std::filesystem::exists(o.prompt_cache)) {
     const auto t_rs = std::chrono::steady_clock::now();
-    auto r = state_load_seq_file(ctx.cache(), 0, m.fingerprint(), o.prompt_cache, StateLoadOptions{});
+    StateLoadOptions lo;
+    lo.pool = &ctx.pool();
+    auto r = state_load_seq_file(ctx.cache(), 0, m.fingerprint(), o.prompt_cache, lo);
     if (!r.is_ok()) {
       std::fprintf(stderr, "prompt cache: not used: %s\n", r.status().to_string().c_str());
     } else {
@@ -139,6 +141,7 @@ int run_command(const RunOptions& o) {
   const double pp_ms = ms_since(t_pp);
   if (!o.prompt_cache.empty() && cached_logits.empty()) {
     StateSaveOptions so;
+    so.pool = &ctx.pool();
     so.durable = !o.prompt_cache_no_fsync;
     so.logits = first_logits;
     so.n_logits = m.hparams().n_vocab;

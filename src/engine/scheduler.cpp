@@ -429,7 +429,7 @@ void Scheduler::run_action(Task& t, Slot& s) {
   switch (t.kind) {
     case Task::Kind::Save: {
       auto sv = slot_state_save(cache, s.id, ctx_.model().fingerprint(), s.logits_valid && !s.tokens.empty() ? s.logits.data() : nullptr,
-                                uint32_t(n_vocab_), t.path, params_.durable_saves);
+                                uint32_t(n_vocab_), t.path, params_.durable_saves, &ctx_.pool());
       if (sv.is_ok()) {
         r.n_tokens = static_cast<int32_t>(sv->n_tokens);
         r.n_bytes = sv->n_bytes;
@@ -439,7 +439,8 @@ void Scheduler::run_action(Task& t, Slot& s) {
       break;
     }
     case Task::Kind::Restore: {
-      auto rs = slot_state_restore(cache, s.id, ctx_.model().fingerprint(), n_vocab_, n_ctx_slot_, t.path);
+      // Slot actions run on the scheduler thread between steps: the context's pool is idle.
+      auto rs = slot_state_restore(cache, s.id, ctx_.model().fingerprint(), n_vocab_, n_ctx_slot_, t.path, &ctx_.pool());
       if (rs.is_ok()) {
         s.tokens = std::move(rs->tokens);
         s.logits_valid = !rs->logits.empty() && !s.tokens.empty();

@@ -61,26 +61,28 @@ Status slot_tokens(const std::vector<int32_t>& cell_pos, const std::vector<int32
 }  // namespace
 
 Result<SlotSaveInfo> slot_state_save(const KvCache& cache, SeqId seq, const ModelFingerprint& fp, const float* logits,
-                                     uint32_t n_logits, const std::string& path, bool durable) {
+                                     uint32_t n_logits, const std::string& path, bool durable, ThreadPool* pool) {
   StateSaveOptions opt;
   opt.durable = durable;
   opt.logits = logits;
   opt.n_logits = logits ? n_logits : 0;
   opt.io = &no_follow_io();
+  opt.pool = pool;
   KV_ASSIGN_OR_RETURN(StateSaveResult r, state_save_seq_file(cache, seq, fp, path, opt));
   return SlotSaveInfo{r.n_tokens, r.n_bytes};
 }
 
 Result<SlotRestoreInfo> slot_state_restore(KvCache& cache, SeqId seq, const ModelFingerprint& fp, int32_t n_vocab,
-                                           int32_t n_ctx_slot, const std::string& path) {
+                                           int32_t n_ctx_slot, const std::string& path, ThreadPool* pool) {
   // One open file for both passes: a rename over `path` meanwhile cannot mix two files.
   KV_ASSIGN_OR_RETURN(FdSource src, FdSource::open(no_follow_io(), path));
-  KV_ASSIGN_OR_RETURN(StateInfo info, state_inspect(src));
+  KV_ASSIGN_OR_RETURN(StateInfo info, state_inspect(src, pool));
   if (info.kind != StateKind::Sequence) return invalid_argument("state: the file holds a whole context, expected one sequence");
   SlotRestoreInfo out;
   KV_RETURN_IF_ERROR(slot_tokens(info.cell_pos, info.cell_token, n_vocab, n_ctx_slot, &out.tokens));
   StateLoadOptions lo;
   lo.io = &no_follow_io();
+  lo.pool = pool;
   KV_ASSIGN_OR_RETURN(StateLoadResult r, state_read_seq(cache, seq, fp, src, lo));
   // The reader re-verified every checksum; the cells must be the ones checked above.
   std::vector<int32_t> again;

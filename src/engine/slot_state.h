@@ -23,8 +23,9 @@ struct SlotSaveInfo {
 
 // Saves sequence `seq` atomically to `path`, with the logits of its last cell when `logits` is
 // given (n_logits floats), so that a restored full prompt needs no recomputation.
+// pool (optional): hashes KV sections while they are written (StateSaveOptions::pool).
 Result<SlotSaveInfo> slot_state_save(const KvCache& cache, SeqId seq, const ModelFingerprint& fp, const float* logits,
-                                     uint32_t n_logits, const std::string& path, bool durable);
+                                     uint32_t n_logits, const std::string& path, bool durable, ThreadPool* pool = nullptr);
 
 struct SlotRestoreInfo {
   std::vector<int32_t> tokens;  // by position 0..n-1
@@ -34,8 +35,9 @@ struct SlotRestoreInfo {
 
 // Restores `path` into sequence `seq`. InvalidArgument/Corruption/NotFound/ResourceExhausted
 // with the reader's reason when the file is unusable; the sequence is then unchanged.
+// pool (optional): reads and hashes KV sections on these threads (StateLoadOptions::pool).
 Result<SlotRestoreInfo> slot_state_restore(KvCache& cache, SeqId seq, const ModelFingerprint& fp, int32_t n_vocab,
-                                           int32_t n_ctx_slot, const std::string& path);
+                                           int32_t n_ctx_slot, const std::string& path, ThreadPool* pool = nullptr);
 
 // Verifies a state file (every checksum) without a cache, for listings.
 Result<StateInfo> slot_state_inspect(const std::string& path);

@@ -53,7 +53,7 @@ Status BufferSink::write(const void* p, size_t n) {
 }
 
 FdSink::FdSink(FileIo& io, int fd, std::string name, size_t buffer_bytes)
-    : io_(io), fd_(fd), name_(std::move(name)), buf_(buffer_bytes) {}
+    : io_(io), fd_(fd), name_(std::move(name)), buf_(new uint8_t[buffer_bytes]), buf_bytes_(buffer_bytes) {}
 
 Status FdSink::write_all(const uint8_t* p, size_t n) {
   while (n > 0) {
@@ -74,21 +74,21 @@ Status FdSink::write_all(const uint8_t* p, size_t n) {
 Status FdSink::write(const void* pv, size_t n) {
   const auto* p = static_cast<const uint8_t*>(pv);
   n_ += n;
-  if (used_ + n <= buf_.size()) {
-    std::memcpy(buf_.data() + used_, p, n);
+  if (n < kDirectBytes && used_ + n <= buf_bytes_) {
+    std::memcpy(buf_.get() + used_, p, n);
     used_ += n;
     return Status::ok();
   }
   KV_RETURN_IF_ERROR(flush());
-  if (n >= buf_.size()) return write_all(p, n);  // large writes bypass the buffer
-  std::memcpy(buf_.data(), p, n);
+  if (n >= kDirectBytes || n >= buf_bytes_) return write_all(p, n);  // large writes bypass the buffer
+  std::memcpy(buf_.get(), p, n);
   used_ = n;
   return Status::ok();
 }
 
 Status FdSink::flush() {
   if (used_ == 0) return Status::ok();
-  Status s = write_all(buf_.data(), used_);
+  Status s = write_all(buf_.get(), used_);
   used_ = 0;
   return s;
 }

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -70,9 +71,12 @@ class BufferSink final : public ByteSink {
 };
 
 // Buffered writes to an open file descriptor through FileIo; handles short writes and EINTR.
+// A write of at least kDirectBytes (KV rows) goes to the file as it is, after the buffered
+// bytes: copying it would cost more than the system call it saves. The buffer gathers the rest.
 class FdSink final : public ByteSink {
  public:
-  FdSink(FileIo& io, int fd, std::string name, size_t buffer_bytes = size_t(4) << 20);
+  static constexpr size_t kDirectBytes = size_t(256) << 10;
+  FdSink(FileIo& io, int fd, std::string name, size_t buffer_bytes = size_t(1) << 20);
   Status write(const void* p, size_t n) override;
   Status flush();
   uint64_t n_written() const override { return n_; }
@@ -82,7 +86,8 @@ class FdSink final : public ByteSink {
   FileIo& io_;
   int fd_;
   std::string name_;
-  std::vector<uint8_t> buf_;
+  std::unique_ptr<uint8_t[]> buf_;  // not zeroed: only the bytes before used_ are ever read
+  size_t buf_bytes_;
   size_t used_ = 0;
   uint64_t n_ = 0;
 };
@@ -94,6 +99,9 @@ class ByteSource {
   virtual uint64_t size() const = 0;
   // Reads exactly n bytes at offset off; Corruption if past the end, IO on read errors.
   virtual Status read_at(uint64_t off, void* p, size_t n) = 0;
+  // True when read_at may run on several threads at once (the reader then reads sections in
+  // parallel if given a pool). Sources with state between calls keep the default.
+  virtual bool concurrent_reads() const { return false; }
 };
 
 class MemSource final : public ByteSource {
@@ -101,6 +109,7 @@ class MemSource final : public ByteSource {
   MemSource(const uint8_t* p, size_t n) : p_(p), n_(n) {}
   uint64_t size() const override { return n_; }
   Status read_at(uint64_t off, void* p, size_t n) override;
+  bool concurrent_reads() const override { return true; }
 
  private:
   const uint8_t* p_;
@@ -116,6 +125,7 @@ class FdSource final : public ByteSource {
   ~FdSource() override;
   uint64_t size() const override { return size_; }
   Status read_at(uint64_t off, void* p, size_t n) override;
+  bool concurrent_reads() const override { return true; }  // pread through a thread-safe FileIo
 
  private:
   FdSource(FileIo& io, int fd, uint64_t size, std::string name) : io_(io), fd_(fd), size_(size), name_(std::move(name)) {}

@@ -16,6 +16,8 @@
 
 namespace kvstash {
 
+class ThreadPool;
+
 // The identity of the model a cache belongs to (§4.2). Built by the model module.
 struct ModelFingerprint {
   std::string arch;
@@ -35,6 +37,9 @@ struct StateSaveOptions {
   uint32_t n_logits = 0;
   uint64_t created_ms = 0;         // 0 = now
   FileIo* io = nullptr;            // nullptr = default_file_io()
+  // Optional: KV sections are hashed on a second thread of this pool while the caller's thread
+  // writes them. Borrowed for the call; the caller must not be running another job on it.
+  ThreadPool* pool = nullptr;
 };
 
 struct StateSaveResult {
@@ -45,6 +50,9 @@ struct StateSaveResult {
 struct StateLoadOptions {
   bool allow_convert = true;       // convert rows when the live dtypes differ from the file's
   FileIo* io = nullptr;            // nullptr = default_file_io()
+  // Optional: KV sections are read and hashed on these threads (when the source allows
+  // concurrent reads). Borrowed for the call; the caller must not be running another job on it.
+  ThreadPool* pool = nullptr;
 };
 
 struct StateLoadResult {
@@ -87,7 +95,8 @@ Result<StateLoadResult> state_read_seq(KvCache& cache, SeqId dest, const ModelFi
 // Restores a kind-2 file, replacing the whole cache on success.
 Result<StateLoadResult> state_read_all(KvCache& cache, const ModelFingerprint& live, ByteSource& src, const StateLoadOptions& opt);
 // Verifies a file without a cache (checksums, structure, self-consistency of the layout).
-Result<StateInfo> state_inspect(ByteSource& src);
+// pool: optional, as StateLoadOptions::pool.
+Result<StateInfo> state_inspect(ByteSource& src, ThreadPool* pool = nullptr);
 
 // Exact size of state_write_seq's output, from a counting run of the writer.
 uint64_t state_size_seq(const KvCache& cache, SeqId seq, const ModelFingerprint& fp, const StateSaveOptions& opt);

@@ -1,7 +1,5 @@
 // State reader (docs/state-format.md). Distrusts every byte: structure, sizes and checksums are
 // verified before use, and rows land only in free cells until the whole file checked out (§5).
-#include <xxhash.h>
-
 #include <algorithm>
 #include <cstring>
 #include <unordered_set>
@@ -10,6 +8,8 @@
 #include "state/state.h"
 #include "state/state_encoding.h"
 #include "state/state_format.h"
+#include "state/state_hash.h"
+#include "state/state_rows.h"
 
 namespace kvstash {
 namespace {
@@ -37,27 +37,26 @@ struct Frame {
   uint64_t off = 0;  // payload offset
 };
 
-// Where a KVDT section's rows go: rows [k0, k0 + n) of (layer, stream), bytes in `p`.
-using ApplyFn = std::function<void(uint32_t il, uint32_t si, uint32_t k0, uint32_t n, const uint8_t* p)>;
-
 class Reader {
  public:
-  explicit Reader(ByteSource& src) : src_(src), st_(XXH3_createState()) {}
-  ~Reader() { XXH3_freeState(st_); }
+  explicit Reader(ByteSource& src) : src_(src) {}
 
   // Reads and checks the header and the small sections (META, MODL, LAYT, CELL) into info.
   Status read_prefix(StateInfo* info);
-  // Walks KVDT sections, optional sections and END from the end of the prefix; with `apply`,
-  // hands it every verified-or-not-yet chunk (the caller only writes free cells).
-  Status walk_rest(StateInfo* info, const ApplyFn& apply, std::vector<float>* logits);
+  // Walks KVDT sections, optional sections and END from the end of the prefix; with `dest`,
+  // KV rows land there as they are read, before their checksums are known (dest holds only
+  // free cells). KV sections run on `pool` when it is given (state_rows.h).
+  Status walk_rest(StateInfo* info, const RowDest* dest, ThreadPool* pool, std::vector<float>* logits);
 
  private:
   Status next_frame(Frame* f);
+  // The frame of the KVDT section of layer il, stream index si (tag, flags, payload bytes).
+  Status next_kv_frame(const KvLayout& L, uint32_t il, uint32_t si, uint32_t n, Frame* f);
   Status read_small(const Frame& f, std::vector<uint8_t>* payload);
   Status check_trailer(const Frame& f, uint64_t digest);
 
   ByteSource& src_;
-  XXH3_state_t* st_;
+  StateHasher hash_;
   uint64_t pos_ = 0;
   uint64_t prefix_end_ = 0;
   uint32_t n_sections_ = 0;
@@ -99,13 +98,23 @@ Status Reader::check_trailer(const Frame& f, uint64_t digest) {
 Status Reader::read_small(const Frame& f, std::vector<uint8_t>* payload) {
   payload->resize(f.len);
   KV_RETURN_IF_ERROR(src_.read_at(f.off, payload->data(), f.len));
-  return check_trailer(f, XXH3_64bits(payload->data(), payload->size()));
+  return check_trailer(f, state_hash(payload->data(), payload->size()));
 }
 
 Status expect_tag(const Frame& f, uint32_t tag) {
   if (f.tag != tag)
     return corruption("state: expected section '" + tag_name(tag) + "', found '" + tag_name(f.tag) + "'");
   if (!(f.flags & kFlagRequired)) return corruption("state: section '" + tag_name(tag) + "' must be marked required");
+  return Status::ok();
+}
+
+Status Reader::next_kv_frame(const KvLayout& L, uint32_t il, uint32_t si, uint32_t n, Frame* f) {
+  const KvRowSpec& s = L.layer(il).streams[si];
+  KV_RETURN_IF_ERROR(next_frame(f));
+  KV_RETURN_IF_ERROR(expect_tag(*f, kTagKv));
+  if (f->len != 8 + uint64_t(s.row_bytes) * n)
+    return corruption("state: KVDT layer " + std::to_string(il) + " " + kv_stream_name(s.stream) + ": " + std::to_string(f->len) +
+                      " bytes, the layout implies " + std::to_string(8 + uint64_t(s.row_bytes) * n));
   return Status::ok();
 }
 
@@ -130,7 +139,7 @@ Status Reader::read_prefix(StateInfo* info) {
   KV_RETURN_IF_ERROR(src_.read_at(0, hb.data(), header_bytes));
   const uint64_t stored = load_le<uint64_t>(hb.data() + 56);
   store_le<uint64_t>(hb.data() + 56, 0);
-  if (XXH3_64bits(hb.data(), hb.size()) != stored) return corruption("state: header checksum mismatch");
+  if (state_hash(hb.data(), hb.size()) != stored) return corruption("state: header checksum mismatch");
   const uint32_t kind = load_le<uint32_t>(h + 20);
   if (kind != 1 && kind != 2) return corruption("state: unknown kind " + std::to_string(kind) + " (1 = sequence, 2 = context)");
   info->kind = static_cast<StateKind>(kind);
@@ -267,46 +276,31 @@ Status Reader::read_prefix(StateInfo* info) {
   return Status::ok();
 }
 
-Status Reader::walk_rest(StateInfo* info, const ApplyFn& apply, std::vector<float>* logits) {
+Status Reader::walk_rest(StateInfo* info, const RowDest* dest, ThreadPool* pool, std::vector<float>* logits) {
   pos_ = prefix_end_;
   sections_seen_ = 4;
   const KvLayout& L = info->layout;
   const uint32_t n = L.n_cells();
   Frame f;
-  for (uint32_t il = 0; il < L.n_layers(); ++il) {
+  // KVDT frames first (small reads), then their payloads. A bad frame is reported only after
+  // the payloads before it, so the error is the one a section-by-section walk meets first.
+  std::vector<KvSection> kv;
+  Status frame_error;
+  for (uint32_t il = 0; il < L.n_layers() && frame_error.is_ok(); ++il) {
     for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si) {
-      const KvRowSpec& s = L.layer(il).streams[si];
-      KV_RETURN_IF_ERROR(next_frame(&f));
-      KV_RETURN_IF_ERROR(expect_tag(f, kTagKv));
-      const std::string where = "state: KVDT layer " + std::to_string(il) + " " + kv_stream_name(s.stream);
-      if (f.len != 8 + uint64_t(s.row_bytes) * n)
-        return corruption(where + ": " + std::to_string(f.len) + " bytes, the layout implies " + std::to_string(8 + uint64_t(s.row_bytes) * n));
-      uint8_t b8[8];
-      KV_RETURN_IF_ERROR(src_.read_at(f.off, b8, 8));
-      if (load_le<uint32_t>(b8) != il || load_le<uint32_t>(b8 + 4) != si)
-        return corruption(where + ": section is for layer " + std::to_string(load_le<uint32_t>(b8)) + " stream " + std::to_string(load_le<uint32_t>(b8 + 4)));
-      XXH3_64bits_reset(st_);
-      XXH3_64bits_update(st_, b8, 8);
-      // Chunks of about 1 MiB, but never more rows than the section holds: with no rows, nothing
-      // (row_bytes alone is unchecked: a 0-token file may declare any row size).
-      const uint32_t rows_per_chunk = std::min<uint32_t>(n, static_cast<uint32_t>(std::max<size_t>(1, (size_t(1) << 20) / s.row_bytes)));
-      chunk_.resize(size_t(rows_per_chunk) * s.row_bytes);
-      for (uint32_t k0 = 0; k0 < n; k0 += rows_per_chunk) {
-        const uint32_t m = std::min(rows_per_chunk, n - k0);
-        const size_t bytes = size_t(m) * s.row_bytes;
-        KV_RETURN_IF_ERROR(src_.read_at(f.off + 8 + uint64_t(k0) * s.row_bytes, chunk_.data(), bytes));
-        XXH3_64bits_update(st_, chunk_.data(), bytes);
-        if (apply) apply(il, si, k0, m, chunk_.data());
-      }
-      KV_RETURN_IF_ERROR(check_trailer(f, XXH3_64bits_digest(st_)));
+      frame_error = next_kv_frame(L, il, si, n, &f);
+      if (!frame_error.is_ok()) break;
+      kv.push_back({il, si, sections_seen_ - 1, f.off});
     }
   }
+  KV_RETURN_IF_ERROR(read_kv_sections(src_, L, kv, dest, pool));
+  KV_RETURN_IF_ERROR(frame_error);
   bool seen_logits = false;
   for (;;) {
     KV_RETURN_IF_ERROR(next_frame(&f));
     if (f.tag == kTagEnd) {
       if (!(f.flags & kFlagRequired) || f.len != 0) return corruption("state: malformed END section");
-      KV_RETURN_IF_ERROR(check_trailer(f, XXH3_64bits(nullptr, 0)));
+      KV_RETURN_IF_ERROR(check_trailer(f, state_hash(nullptr, 0)));
       break;
     }
     if (f.tag == kTagLogits && info->n_logits > 0 && !seen_logits) {
@@ -326,14 +320,14 @@ Status Reader::walk_rest(StateInfo* info, const ApplyFn& apply, std::vector<floa
       return corruption("state: unexpected section '" + tag_name(f.tag) + "' after the KV data");
     if (f.flags & kFlagRequired) return unsupported("state: required section '" + tag_name(f.tag) + "' is not understood by this version");
     // Unknown optional section (newer minor): verify and skip.
-    XXH3_64bits_reset(st_);
+    hash_.reset();
     chunk_.resize(static_cast<size_t>(std::min<uint64_t>(f.len == 0 ? 1 : f.len, uint64_t(1) << 20)));
     for (uint64_t o = 0; o < f.len; o += chunk_.size()) {
       const size_t m = static_cast<size_t>(std::min<uint64_t>(chunk_.size(), f.len - o));
       KV_RETURN_IF_ERROR(src_.read_at(f.off + o, chunk_.data(), m));
-      XXH3_64bits_update(st_, chunk_.data(), m);
+      hash_.update(chunk_.data(), m);
     }
-    KV_RETURN_IF_ERROR(check_trailer(f, XXH3_64bits_digest(st_)));
+    KV_RETURN_IF_ERROR(check_trailer(f, hash_.digest()));
     info->unknown_sections.push_back(tag_name(f.tag));
   }
   // A LOGT whose tag was damaged would otherwise be skipped as an unknown optional section.
@@ -398,27 +392,6 @@ Status check_layout(const KvLayout& file, const KvLayout& live, bool allow_conve
   return Status::ok();
 }
 
-// Writes rows [k0, k0 + n) of stream (il, si) into cells[k0..], converting the dtype if needed.
-void place_rows(KvCache& cache, const KvLayout& file, const std::vector<uint32_t>& cells, uint32_t il, uint32_t si, uint32_t k0,
-                uint32_t n, const uint8_t* p, std::vector<float>& tmp) {
-  const KvRowSpec& fs = file.layer(il).streams[si];
-  const KvRowSpec& ls = cache.layout().layer(il).streams[si];
-  if (fs.dtype == ls.dtype) {
-    for (uint32_t k = 0; k < n; ++k) std::memcpy(cache.row(il, si, cells[k0 + k]), p + size_t(k) * fs.row_bytes, fs.row_bytes);
-    return;
-  }
-  const uint32_t ge = fs.group_elems();
-  tmp.resize(ge);
-  for (uint32_t k = 0; k < n; ++k) {
-    const uint8_t* src = p + size_t(k) * fs.row_bytes;
-    uint8_t* dst = cache.row(il, si, cells[k0 + k]);
-    for (uint32_t g = 0; g < fs.n_groups; ++g) {
-      dequantize_row_ref(fs.dtype, src + g * fs.group_bytes, tmp.data(), ge);
-      quantize_row_ref(ls.dtype, tmp.data(), dst + g * ls.group_bytes, ge);
-    }
-  }
-}
-
 Result<StateLoadResult> restore(KvCache& cache, SeqId dest, StateKind want_kind, const ModelFingerprint& live, ByteSource& src,
                                 const StateLoadOptions& opt) {
   if (want_kind == StateKind::Sequence && !valid_seq_id(dest))
@@ -447,9 +420,7 @@ Result<StateLoadResult> restore(KvCache& cache, SeqId dest, StateKind want_kind,
     return resource_exhausted("state: the file holds " + std::to_string(n) + " tokens, only " + std::to_string(free_now + own) +
                               " cells are free for it");
   std::vector<uint32_t> cells(n);
-  std::vector<float> tmp;
   std::vector<float> logits;
-  auto apply = [&](uint32_t il, uint32_t si, uint32_t k0, uint32_t m, const uint8_t* p) { place_rows(cache, info.layout, cells, il, si, k0, m, p, tmp); };
   auto drop_target = [&] {
     if (want_kind == StateKind::Context) cache.clear();
     else cache.seq_rm(dest, -1, -1);
@@ -457,14 +428,16 @@ Result<StateLoadResult> restore(KvCache& cache, SeqId dest, StateKind want_kind,
   if (n <= free_now) {
     // §5.2: rows go into free cells; nothing observable changes until the commit.
     KV_RETURN_IF_ERROR(cache.find_free(n, cells.data()));
-    KV_RETURN_IF_ERROR(r.walk_rest(&info, apply, &logits));
+    const RowDest dest(cache, info.layout, cells);
+    KV_RETURN_IF_ERROR(r.walk_rest(&info, &dest, opt.pool, &logits));
     drop_target();
   } else {
     // §5.4: verify everything first, then make room and read again.
-    KV_RETURN_IF_ERROR(r.walk_rest(&info, nullptr, nullptr));
+    KV_RETURN_IF_ERROR(r.walk_rest(&info, nullptr, opt.pool, nullptr));
     drop_target();
     KV_RETURN_IF_ERROR(cache.find_free(n, cells.data()));
-    Status s = r.walk_rest(&info, apply, &logits);
+    const RowDest dest(cache, info.layout, cells);
+    Status s = r.walk_rest(&info, &dest, opt.pool, &logits);
     if (!s.is_ok()) return Status(s.code(), s.message() + " (the file changed during the restore; the target was left empty)");
     res.two_pass = true;
   }
@@ -493,11 +466,11 @@ Result<StateLoadResult> state_read_all(KvCache& cache, const ModelFingerprint& l
   return restore(cache, -1, StateKind::Context, live, src, opt);
 }
 
-Result<StateInfo> state_inspect(ByteSource& src) {
+Result<StateInfo> state_inspect(ByteSource& src, ThreadPool* pool) {
   Reader r(src);
   StateInfo info;
   KV_RETURN_IF_ERROR(r.read_prefix(&info));
-  KV_RETURN_IF_ERROR(r.walk_rest(&info, nullptr, nullptr));
+  KV_RETURN_IF_ERROR(r.walk_rest(&info, nullptr, pool, nullptr));
   return info;
 }
 

@@ -1,15 +1,16 @@
 // State writer (docs/state-format.md §1-§4, §7). Streams rows straight from the cache.
-#include <xxhash.h>
-
+#include <atomic>
 #include <cassert>
 #include <chrono>
 #include <cstring>
 #include <memory>
 
 #include "core/le.h"
+#include "core/threadpool.h"
 #include "state/state.h"
 #include "state/state_encoding.h"
 #include "state/state_format.h"
+#include "state/state_hash.h"
 
 namespace kvstash {
 namespace {
@@ -19,29 +20,36 @@ using namespace statefmt;
 // Writes one §3 frame: header, payload pieces (hashed unless counting), checksum trailer.
 class SectionOut {
  public:
-  SectionOut(ByteSink& sink, bool hash) : sink_(sink), hash_(hash), st_(XXH3_createState()) {}
-  ~SectionOut() { XXH3_freeState(st_); }
+  SectionOut(ByteSink& sink, bool hash) : sink_(sink), hash_(hash) {}
   Status begin(uint32_t tag, uint32_t flags, uint64_t len) {
     uint8_t f[kFrameBytes];
     store_le<uint32_t>(f, tag);
     store_le<uint32_t>(f + 4, flags);
     store_le<uint64_t>(f + 8, len);
-    if (hash_) XXH3_64bits_reset(st_);
+    if (hash_) st_.reset();
     left_ = len;
     return sink_.write(f, sizeof f);
   }
   Status put(const void* p, size_t n) {
     assert(n <= left_ && "section payload longer than announced");
-    if (hash_) XXH3_64bits_update(st_, p, n);
+    if (hash_) st_.update(p, n);
     left_ -= n;
     return sink_.write(p, n);
   }
-  Status end() {
+  Status end() { return end_with(hash_ ? st_.digest() : 0); }
+  // For a payload written with put_unhashed: the caller hashed it (same bytes, same order).
+  Status put_unhashed(const void* p, size_t n) {
+    assert(n <= left_ && "section payload longer than announced");
+    left_ -= n;
+    return sink_.write(p, n);
+  }
+  Status end_with(uint64_t digest) {
     assert(left_ == 0 && "section payload shorter than announced");
     uint8_t t[kTrailerBytes];
-    store_le<uint64_t>(t, hash_ ? XXH3_64bits_digest(st_) : 0);
+    store_le<uint64_t>(t, digest);
     return sink_.write(t, sizeof t);
   }
+  bool hashing() const { return hash_; }
   Status whole(uint32_t tag, uint32_t flags, const std::vector<uint8_t>& payload) {
     KV_RETURN_IF_ERROR(begin(tag, flags, payload.size()));
     KV_RETURN_IF_ERROR(put(payload.data(), payload.size()));
@@ -51,13 +59,76 @@ class SectionOut {
  private:
   ByteSink& sink_;
   bool hash_;
-  XXH3_state_t* st_;
+  StateHasher st_;
   uint64_t left_ = 0;
 };
 
 struct Run {
   uint32_t first, n;
 };
+
+// §4.5: one KVDT section per (layer, stream), rows in cell order. With a pool of 2+ threads,
+// thread 1 hashes the sections in order and publishes each digest while thread 0 writes them;
+// thread 0 writes a trailer once its digest is there. Both only read the rows.
+Status write_kv(const KvCache& cache, const std::vector<Run>& runs, uint32_t n, ThreadPool* pool, SectionOut& out) {
+  const KvLayout& L = cache.layout();
+  auto prefix = [](uint32_t il, uint32_t si, uint8_t* b8) {
+    store_le<uint32_t>(b8, il);
+    store_le<uint32_t>(b8 + 4, si);
+  };
+  if (!pool || pool->n_threads() < 2 || !out.hashing()) {
+    for (uint32_t il = 0; il < L.n_layers(); ++il)
+      for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si) {
+        const size_t rb = L.layer(il).streams[si].row_bytes;
+        KV_RETURN_IF_ERROR(out.begin(kTagKv, kFlagRequired, 8 + uint64_t(rb) * n));
+        uint8_t b8[8];
+        prefix(il, si, b8);
+        KV_RETURN_IF_ERROR(out.put(b8, 8));
+        for (const Run& r : runs) KV_RETURN_IF_ERROR(out.put(cache.row(il, si, r.first), rb * r.n));
+        KV_RETURN_IF_ERROR(out.end());
+      }
+    return Status::ok();
+  }
+  std::vector<uint64_t> digests;
+  for (uint32_t il = 0; il < L.n_layers(); ++il) digests.resize(digests.size() + L.layer(il).streams.size());
+  std::atomic<uint32_t> n_hashed{0};
+  Status status;
+  pool->run([&](int ith, int) {
+    if (ith == 1) {
+      StateHasher h;
+      uint32_t i = 0;
+      for (uint32_t il = 0; il < L.n_layers(); ++il)
+        for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si) {
+          const size_t rb = L.layer(il).streams[si].row_bytes;
+          uint8_t b8[8];
+          prefix(il, si, b8);
+          h.reset();
+          h.update(b8, 8);
+          for (const Run& r : runs) h.update(cache.row(il, si, r.first), rb * r.n);
+          digests[i] = h.digest();
+          n_hashed.store(++i, std::memory_order_release);
+          n_hashed.notify_one();
+        }
+    } else if (ith == 0) {
+      status = [&]() -> Status {
+        uint32_t i = 0;
+        for (uint32_t il = 0; il < L.n_layers(); ++il)
+          for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si, ++i) {
+            const size_t rb = L.layer(il).streams[si].row_bytes;
+            KV_RETURN_IF_ERROR(out.begin(kTagKv, kFlagRequired, 8 + uint64_t(rb) * n));
+            uint8_t b8[8];
+            prefix(il, si, b8);
+            KV_RETURN_IF_ERROR(out.put_unhashed(b8, 8));
+            for (const Run& r : runs) KV_RETURN_IF_ERROR(out.put_unhashed(cache.row(il, si, r.first), rb * r.n));
+            for (uint32_t h = n_hashed.load(std::memory_order_acquire); h <= i; h = n_hashed.load(std::memory_order_acquire)) n_hashed.wait(h);
+            KV_RETURN_IF_ERROR(out.end_with(digests[i]));
+          }
+        return Status::ok();
+      }();
+    }
+  });
+  return status;
+}
 
 Status write_state(const KvCache& cache, const std::vector<uint32_t>& cells, StateKind kind, SeqId saved_seq,
                    const ModelFingerprint& fp, const StateSaveOptions& opt, uint64_t file_bytes, bool hash, ByteSink& sink) {
@@ -81,7 +152,7 @@ Status write_state(const KvCache& cache, const std::vector<uint32_t>& cells, Sta
   store_le<uint32_t>(h + 20, static_cast<uint32_t>(kind));
   store_le<uint64_t>(h + 24, file_bytes);
   store_le<uint32_t>(h + 32, n_sections);
-  store_le<uint64_t>(h + 56, hash ? XXH3_64bits(h, kHeaderBytes) : 0);
+  store_le<uint64_t>(h + 56, hash ? state_hash(h, kHeaderBytes) : 0);
   KV_RETURN_IF_ERROR(sink.write(h, sizeof h));
 
   SectionOut out(sink, hash);
@@ -158,19 +229,7 @@ Status write_state(const KvCache& cache, const std::vector<uint32_t>& cells, Sta
     if (!runs.empty() && runs.back().first + runs.back().n == cells[i]) ++runs.back().n;
     else runs.push_back({cells[i], 1});
   }
-  for (uint32_t il = 0; il < L.n_layers(); ++il) {
-    const auto& streams = L.layer(il).streams;
-    for (uint32_t si = 0; si < streams.size(); ++si) {
-      const size_t rb = streams[si].row_bytes;
-      KV_RETURN_IF_ERROR(out.begin(kTagKv, kFlagRequired, 8 + uint64_t(rb) * n));
-      uint8_t b8[8];
-      store_le<uint32_t>(b8, il);
-      store_le<uint32_t>(b8 + 4, si);
-      KV_RETURN_IF_ERROR(out.put(b8, 8));
-      for (const Run& r : runs) KV_RETURN_IF_ERROR(out.put(cache.row(il, si, r.first), rb * r.n));
-      KV_RETURN_IF_ERROR(out.end());
-    }
-  }
+  KV_RETURN_IF_ERROR(write_kv(cache, runs, n, hash ? opt.pool : nullptr, out));
   // §4.6 LOGT
   if (with_logits) {
     KV_RETURN_IF_ERROR(out.begin(kTagLogits, 0, uint64_t(opt.n_logits) * 4));
