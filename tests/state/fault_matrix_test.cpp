@@ -24,6 +24,7 @@
 #include "state/fault_io.h"
 #include "state/state.h"
 #include "state_fixtures.h"
+#include "model_fixture.h"
 #include "test_paths.h"
 
 namespace kvstash {
@@ -34,14 +35,7 @@ using test::fill_cells;
 using test::listing;
 using test::slurp_bytes;
 
-const Model& stories() {
-  static std::unique_ptr<Model> m = [] {
-    auto r = Model::load(test::model_path("stories260K.gguf"));
-    if (!r.is_ok()) throw std::runtime_error(r.status().to_string());
-    return std::move(r).value();
-  }();
-  return *m;
-}
+const Model& stories() { return test::stories_model(); }
 
 std::unique_ptr<KvCache> stories_cache(uint32_t n_cells) {
   auto l = stories().kv_layout(n_cells, DType::F16, DType::F16);

@@ -18,6 +18,7 @@
 #include "model/model.h"
 #include "state/state.h"
 #include "cli_runner.h"
+#include "model_fixture.h"
 #include "test_paths.h"
 
 namespace kvstash {
@@ -31,14 +32,7 @@ using test::slurp;
 
 bool has(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
-const Model& stories() {
-  static std::unique_ptr<Model> m = [] {
-    auto r = Model::load(test::model_path("stories260K.gguf"));
-    if (!r.is_ok()) throw std::runtime_error(r.status().to_string());
-    return std::move(r).value();
-  }();
-  return *m;
-}
+const Model& stories() { return test::stories_model(); }
 
 const char* kShort = "Once upon a time, there was a little girl named Lily";
 const char* kLong = "Once upon a time, there was a little girl named Lily. She liked to play in the park with her friends";

@@ -22,6 +22,7 @@
 #include "state/state_format.h"
 #include "alloc_counter.h"
 #include "state_fixtures.h"
+#include "model_fixture.h"
 #include "test_paths.h"
 
 namespace kvstash {
@@ -34,14 +35,7 @@ using test::unchanged;
 
 // ---- fixtures ----
 
-const Model& stories() {
-  static std::unique_ptr<Model> m = [] {
-    auto r = Model::load(test::model_path("stories260K.gguf"));
-    if (!r.is_ok()) throw std::runtime_error(r.status().to_string());
-    return std::move(r).value();
-  }();
-  return *m;
-}
+const Model& stories() { return test::stories_model(); }
 
 const char* kTextA = "Once upon a time, there was a little girl named Lily. She loved to play outside in the sunshine with her dog Max.";
 const char* kTextB = "One day, a big bear came out of the forest.";

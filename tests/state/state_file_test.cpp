@@ -22,6 +22,7 @@
 #include "state/fault_io.h"
 #include "state/state.h"
 #include "state_fixtures.h"
+#include "model_fixture.h"
 #include "test_paths.h"
 
 namespace kvstash {
@@ -32,14 +33,7 @@ using test::fill_cells;
 using test::listing;
 using test::slurp_bytes;
 
-const Model& stories() {
-  static std::unique_ptr<Model> m = [] {
-    auto r = Model::load(test::model_path("stories260K.gguf"));
-    if (!r.is_ok()) throw std::runtime_error(r.status().to_string());
-    return std::move(r).value();
-  }();
-  return *m;
-}
+const Model& stories() { return test::stories_model(); }
 
 std::unique_ptr<KvCache> stories_cache(uint32_t n_cells, DType t) {
   auto l = stories().kv_layout(n_cells, t, t);
