@@ -85,6 +85,7 @@ struct HttpServer::Impl {
   ServerState st;
   httplib::Server svr;
   std::thread thread;
+  std::atomic<bool> listen_returned{false};
   int port = -1;
 };
 
@@ -154,12 +155,19 @@ HttpServer::HttpServer(ServerOptions opt) : impl_(std::make_unique<Impl>()) {
   add_slot_routes(svr, st);
 }
 
-HttpServer::~HttpServer() {
-  if (impl_->thread.joinable()) {
-    impl_->svr.stop();
-    impl_->thread.join();
-  }
+namespace {
+// httplib's stop() does nothing until its listen loop has marked itself running, so a stop that
+// comes right after start() (a start-up error) would leave the loop listening forever and the
+// join hanging: wait for the loop to run (or to have returned by itself) before stopping it.
+void stop_listener(httplib::Server& svr, std::thread& thread, const std::atomic<bool>& listen_returned) {
+  if (!thread.joinable()) return;
+  while (!svr.is_running() && !listen_returned.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  svr.stop();
+  thread.join();
 }
+}  // namespace
+
+HttpServer::~HttpServer() { stop_listener(impl_->svr, impl_->thread, impl_->listen_returned); }
 
 Status HttpServer::bind() {
   const ServerOptions& o = impl_->st.opt;
@@ -179,7 +187,10 @@ Status HttpServer::bind() {
 int HttpServer::port() const { return impl_->port; }
 
 void HttpServer::start() {
-  impl_->thread = std::thread([this] { impl_->svr.listen_after_bind(); });
+  impl_->thread = std::thread([this] {
+    impl_->svr.listen_after_bind();
+    impl_->listen_returned.store(true);
+  });
 }
 
 void HttpServer::set_ready(ServerEngine engine) {
@@ -210,8 +221,7 @@ void HttpServer::shutdown() {
   ServerState& st = impl_->st;
   st.draining.store(true);
   while (st.in_flight.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  impl_->svr.stop();
-  if (impl_->thread.joinable()) impl_->thread.join();
+  stop_listener(impl_->svr, impl_->thread, impl_->listen_returned);
 }
 
 int HttpServer::in_flight() const { return impl_->st.in_flight.load(); }
