@@ -268,23 +268,6 @@ class KillIo final : public FileIo {
   int writes_ = 0, fsyncs_ = 0;
 };
 
-// A write-counting pass-through, to learn how many writes one save makes.
-class CountIo final : public FileIo {
- public:
-  int writes = 0;
-  int open(const char* path, int flags, int mode) override { return posix_file_io().open(path, flags, mode); }
-  long write(int fd, const void* buf, size_t n) override {
-    ++writes;
-    return posix_file_io().write(fd, buf, n);
-  }
-  long pread(int fd, void* buf, size_t n, uint64_t off) override { return posix_file_io().pread(fd, buf, n, off); }
-  int fsync(int fd) override { return posix_file_io().fsync(fd); }
-  int close(int fd) override { return posix_file_io().close(fd); }
-  int rename(const char* a, const char* b) override { return posix_file_io().rename(a, b); }
-  int unlink(const char* path) override { return posix_file_io().unlink(path); }
-  int fstat_size(int fd, uint64_t* size) override { return posix_file_io().fstat_size(fd, size); }
-};
-
 TEST_F(StateFile, WriterKilledMidSaveNeverLeavesATornFile) {
   // A 9 MB state: 2 layers x (K, V) of 2 KiB rows, 1100 tokens. The file sink's 4 MiB buffer
   // turns one save into several writes.
@@ -309,11 +292,11 @@ TEST_F(StateFile, WriterKilledMidSaveNeverLeavesATornFile) {
   };
   int n_writes = 0;
   {
-    CountIo io;
+    FaultIo io(std::vector<FaultRule>{});  // no faults: it only counts the calls
     StateSaveOptions o = opts(0);
     o.io = &io;
     ASSERT_TRUE(state_save_seq_file(cache, 3, fp, (dir_ / "count.kvs").string(), o).is_ok());
-    n_writes = io.writes;
+    n_writes = static_cast<int>(io.calls(IoOp::Write));
     fs::remove(dir_ / "count.kvs");
   }
   ASSERT_GE(n_writes, 3) << "the save should take several writes";

@@ -22,6 +22,7 @@
 #include "state/state.h"
 #include "state/state_format.h"
 #include "state/state_hash.h"
+#include "state_fixtures.h"
 
 namespace kvstash {
 namespace {
@@ -121,27 +122,8 @@ std::unique_ptr<KvCache> target(Dest d, DType tk, DType tv) {
   return c;
 }
 
-struct Snapshot {
-  std::vector<int32_t> pos, tok;
-  std::vector<uint64_t> seqs;
-  std::vector<uint8_t> rows;  // rows of occupied cells
-  bool operator==(const Snapshot&) const = default;
-};
-
-Snapshot snapshot(const KvCache& c) {
-  Snapshot s;
-  const KvLayout& L = c.layout();
-  for (uint32_t i = 0; i < c.n_cells(); ++i) {
-    s.pos.push_back(c.cell_pos(i));
-    s.tok.push_back(c.cell_token(i));
-    s.seqs.push_back(c.cell_seqs(i));
-    if (c.cell_empty(i)) continue;
-    for (uint32_t il = 0; il < L.n_layers(); ++il)
-      for (uint32_t si = 0; si < L.layer(il).streams.size(); ++si)
-        s.rows.insert(s.rows.end(), c.row(il, si, i), c.row(il, si, i) + L.layer(il).streams[si].row_bytes);
-  }
-  return s;
-}
+using test::Snapshot;
+using test::snapshot;
 
 // Restores `file` into sequence 2 of `c`.
 Result<StateLoadResult> restore(KvCache& c, const std::vector<uint8_t>& file, ThreadPool* pool, ByteSource* src = nullptr) {
@@ -151,8 +133,6 @@ Result<StateLoadResult> restore(KvCache& c, const std::vector<uint8_t>& file, Th
   return state_read_seq(c, 2, fingerprint(), src ? *src : mem, o);
 }
 
-// Sequence 2 holds positions 0..kTokens-1 with exactly the rows of `want`'s cells 0..kTokens-1
-// (converted to c's types when they differ), and every other cell is as in `before`.
 void expect_restored(const KvCache& c, const KvCache& want, const Snapshot& before, const std::string& what) {
   std::vector<uint32_t> cells;
   c.seq_cells_sorted(2, &cells);
