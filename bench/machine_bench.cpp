@@ -1,5 +1,8 @@
 // The machine's limits that kvstash is measured against (docs/performance.md):
 //   triad       STREAM-like a[i] = b[i] + s * c[i] over 3 x 256 MiB, on all threads (GB/s counts 3 arrays)
+//   read        read-only stream over 768 MiB on all threads (core/membw.h, the probe behind
+//               `kvstash bench`'s roof column): the roof for decode, which only reads weights
+//               (triad also writes, and its write-allocate traffic is not counted in its GB/s)
 //   fma_peak    fp32 FMA throughput, 10 independent accumulators per thread
 //   file_write  page-cache write of 512 MiB (no fsync) over the previous file (O_TRUNC); with
 //               fdatasync; and, sized like a 4096-token f16 TinyLlama state file (88 MiB), written to a
@@ -21,6 +24,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "core/membw.h"
 #include "core/threadpool.h"
 
 namespace kvstash {
@@ -55,6 +59,15 @@ void BM_Triad(benchmark::State& st) {
   st.counters["threads"] = pool.n_threads();
 }
 BENCHMARK(BM_Triad)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+
+void BM_Read(benchmark::State& st) {
+  ThreadPool pool(n_threads());
+  MemReadProbe probe(pool, size_t(768) << 20);  // the size of triad's three arrays
+  for (auto _ : st) benchmark::DoNotOptimize(probe.measure(pool));
+  st.SetBytesProcessed(int64_t(probe.bytes()) * st.iterations());
+  st.counters["threads"] = pool.n_threads();
+}
+BENCHMARK(BM_Read)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 
 __attribute__((target("avx2,fma"))) float fma_loop(int64_t iters) {
   __m256 acc[10];

@@ -17,6 +17,13 @@
 //   recompute     wall time of the one prefill that filled the cache (n tokens in one eval on a
 //                 fresh context with --threads threads): measured once per row, never extrapolated
 //   ratio         recompute / restore (median, --threads threads)
+//   bounds        measured in the same loop, each right before the operation it bounds, so that
+//                 drift of the machine (shared or virtualised disks and memory) cancels out:
+//                 save: the same bytes written from a 4 MiB buffer to a new file renamed over the
+//                 previous one, with fdatasync for the durable save (machine_bench's
+//                 BM_FileWriteRename); restore: the file read with pread into a destination as
+//                 large as the file, by 1 thread and by --threads threads (BM_FileReadInto).
+//                 "% bound" = bound median / operation median.
 // Times are best and median of --reps runs; GB/s = file bytes / best time. "CPU ms": median
 // process CPU time of the 1-thread restore (robust when other processes share the cores).
 // --fill random skips the prefill (rows are pseudo-random bytes; no recompute column): for quick
@@ -70,6 +77,7 @@ struct Row {
   uint64_t cache_bytes = 0, file_bytes = 0;
   Timing save_durable, save_nofsync, restore_1, restore_n;
   Timing restore_1_cpu, restore_n_cpu;  // process CPU time (all threads) of the same restores
+  Timing bound_durable, bound_nofsync, bound_read_1, bound_read_n;  // paired bounds (see the top)
   double recompute_s = -1;  // < 0: not measured (--fill random)
   uint64_t overhead() const { return file_bytes - cache_bytes; }
   uint64_t overhead_bound() const { return cache_bytes / 1000 + 4096; }
@@ -171,6 +179,47 @@ void fdatasync_file(const std::string& path) {
   ::close(fd);
 }
 
+// Bound of a save: `bytes` written from `buf` to a new file renamed over `path` (+ fdatasync).
+double bound_write_ms(const std::string& path, uint64_t bytes, bool durable, const std::vector<char>& buf) {
+  const std::string tmp = path + ".tmp";
+  const double t0 = now_ms();
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) die("cannot create " + tmp);
+  for (uint64_t done = 0; done < bytes;) {
+    const ssize_t w = ::write(fd, buf.data(), std::min<uint64_t>(buf.size(), bytes - done));
+    if (w <= 0) die("cannot write " + tmp);
+    done += uint64_t(w);
+  }
+  if (durable && ::fdatasync(fd) != 0) die("cannot fdatasync " + tmp);
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) die("cannot rename " + tmp);
+  const double ms = now_ms() - t0;
+  if (!durable) fdatasync_file(path);  // untimed, as after the no-fsync saves
+  return ms;
+}
+
+// Bound of a restore: the file read with pread into dst (as large as the file), split over the
+// pool's threads in 4 MiB-aligned shares (1 thread without a pool).
+double bound_read_ms(const std::string& path, uint64_t bytes, ThreadPool* pool, uint8_t* dst) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) die("cannot open " + path);
+  auto job = [&](int ith, int nth) {
+    int64_t b0, b1;
+    split_range(int64_t(bytes), ith, nth, int64_t(4) << 20, &b0, &b1);
+    for (int64_t off = b0; off < b1;) {
+      const ssize_t r = ::pread(fd, dst + off, size_t(std::min<int64_t>(b1 - off, int64_t(4) << 20)), off);
+      if (r <= 0) die("cannot read " + path);
+      off += r;
+    }
+  };
+  const double t0 = now_ms();
+  if (pool) pool->run(job);
+  else job(0, 1);
+  const double ms = now_ms() - t0;
+  ::close(fd);
+  return ms;
+}
+
 // Fills cells [0, n) of sequence 0 with pseudo-random rows (splitmix64).
 void fill_random(KvCache& cache, uint32_t n) {
   uint64_t x = 0x9e3779b97f4a7c15ull;
@@ -218,12 +267,16 @@ Row run_row(const Model& model, uint32_t n, DType type, const Options& o) {
   const std::string path = (std::filesystem::path(o.dir) / ("kvstash-state-bench-" + std::to_string(n) + "-" + dtype_name(type) + ".state")).string();
   const ModelFingerprint& fp = model.fingerprint();
 
+  const std::string bound_path = path + ".bound";
+  const std::vector<char> wbuf(size_t(4) << 20, 'b');
   for (bool durable : {true, false}) {
     Timing& t = durable ? row.save_durable : row.save_nofsync;
+    Timing& tb = durable ? row.bound_durable : row.bound_nofsync;
     StateSaveOptions so;
     so.durable = durable;
     so.pool = &ctx.pool();  // hashes on a second thread while the first writes
     for (int i = 0; i < o.reps; ++i) {
+      tb.ms.push_back(bound_write_ms(bound_path, row.file_bytes ? row.file_bytes : row.cache_bytes, durable, wbuf));
       const double t0 = now_ms();
       auto r = state_save_seq_file(ctx.cache(), 0, fp, path, so);
       t.ms.push_back(now_ms() - t0);
@@ -232,16 +285,22 @@ Row run_row(const Model& model, uint32_t n, DType type, const Options& o) {
       if (!durable) fdatasync_file(path);
     }
     finish(&t);
+    finish(&tb);
   }
+  std::filesystem::remove(bound_path);
 
   auto target_layout = model.kv_layout(n + 16, type, type);
   if (!target_layout.is_ok()) die(what + ": " + target_layout.status().to_string());
   KvCache target(std::move(target_layout).value());
+  std::vector<uint8_t> rbuf(row.file_bytes, 1);  // the read bound's destination, touched
   for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &ctx.pool()}) {  // the context's pool, as the engine would pass it
     Timing& t = p ? row.restore_n : row.restore_1;
+    Timing& tb = p ? row.bound_read_n : row.bound_read_1;
     StateLoadOptions lo;
     lo.pool = p;
     for (int i = -1; i < o.reps; ++i) {  // i = -1: untimed, reads the file into the page cache
+      const double bound = bound_read_ms(path, row.file_bytes, p, rbuf.data());
+      if (i >= 0) tb.ms.push_back(bound);
       target.clear();
       const double c0 = cpu_ms(), t0 = now_ms();
       auto r = state_load_seq_file(target, 0, fp, path, lo);
@@ -253,6 +312,7 @@ Row run_row(const Model& model, uint32_t n, DType type, const Options& o) {
       (p ? row.restore_n_cpu : row.restore_1_cpu).ms.push_back(cpu);
     }
     finish(&t);
+    finish(&tb);
   }
   finish(&row.restore_1_cpu);
   finish(&row.restore_n_cpu);
@@ -290,20 +350,24 @@ std::string fmt(const char* f, double v) {
 
 std::string ms_cell(const Timing& t) { return fmt("%.1f", t.best()) + " / " + fmt("%.1f", t.median()); }
 
+// The operation's speed as a share of its paired bound's (medians).
+std::string pct_of_bound(const Timing& op, const Timing& bound) { return fmt("%.0f %%", 100.0 * bound.median() / op.median()); }
+
 void print_markdown(const std::vector<Row>& rows, const Options& o) {
-  std::printf("| tokens | type | cache MB | file MB | overhead | <= 0.1 %% + 4 KiB | save durable ms | GB/s | save no-fsync ms | GB/s "
-              "| restore 1 thr ms | GB/s | CPU ms | restore %d thr ms | GB/s | recompute s | recompute / restore |\n",
+  std::printf("| tokens | type | cache MB | file MB | overhead | <= 0.1 %% + 4 KiB | save durable ms | GB/s | %% bound | save no-fsync ms | GB/s | %% bound "
+              "| restore 1 thr ms | GB/s | %% bound | CPU ms | restore %d thr ms | GB/s | %% bound | recompute s | recompute / restore |\n",
               o.threads);
-  std::printf("|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf("|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const Row& r : rows) {
     const double pct = 100.0 * double(r.overhead()) / double(r.cache_bytes);
-    std::printf("| %u | %s | %.3f | %.3f | %llu B (%.3f %%) | %s | %s | %.2f | %s | %.2f | %s | %.2f | %.1f | %s | %.2f | %s | %s |\n", r.n_tokens,
-                dtype_name(r.type), r.cache_bytes / 1e6, r.file_bytes / 1e6, static_cast<unsigned long long>(r.overhead()), pct,
+    std::printf("| %u | %s | %.3f | %.3f | %llu B (%.3f %%) | %s | %s | %.2f | %s | %s | %.2f | %s | %s | %.2f | %s | %.1f | %s | %.2f | %s | %s | %s |\n",
+                r.n_tokens, dtype_name(r.type), r.cache_bytes / 1e6, r.file_bytes / 1e6, static_cast<unsigned long long>(r.overhead()), pct,
                 r.overhead() <= r.overhead_bound() ? "yes" : ("**no** (bound " + std::to_string(r.overhead_bound()) + " B)").c_str(),
-                ms_cell(r.save_durable).c_str(), gbps(r.file_bytes, r.save_durable.best()), ms_cell(r.save_nofsync).c_str(),
-                gbps(r.file_bytes, r.save_nofsync.best()), ms_cell(r.restore_1).c_str(), gbps(r.file_bytes, r.restore_1.best()),
-                r.restore_1_cpu.median(),
-                ms_cell(r.restore_n).c_str(), gbps(r.file_bytes, r.restore_n.best()),
+                ms_cell(r.save_durable).c_str(), gbps(r.file_bytes, r.save_durable.best()), pct_of_bound(r.save_durable, r.bound_durable).c_str(),
+                ms_cell(r.save_nofsync).c_str(), gbps(r.file_bytes, r.save_nofsync.best()), pct_of_bound(r.save_nofsync, r.bound_nofsync).c_str(),
+                ms_cell(r.restore_1).c_str(), gbps(r.file_bytes, r.restore_1.best()), pct_of_bound(r.restore_1, r.bound_read_1).c_str(),
+                r.restore_1_cpu.median(), ms_cell(r.restore_n).c_str(), gbps(r.file_bytes, r.restore_n.best()),
+                pct_of_bound(r.restore_n, r.bound_read_n).c_str(),
                 r.recompute_s < 0 ? "not measured" : fmt("%.1f", r.recompute_s).c_str(),
                 r.recompute_s < 0 ? "-" : (fmt("%.0f", r.recompute_s * 1e3 / r.restore_n.median()) + "x").c_str());
   }
@@ -329,7 +393,9 @@ void write_json(const std::vector<Row>& rows, const Options& o, const std::strin
       << ", \"file_bytes\": " << r.file_bytes << ", \"overhead_bytes\": " << r.overhead() << ", \"overhead_bound_bytes\": " << r.overhead_bound()
       << ", \"save_durable_ms\": " << json_array(r.save_durable) << ", \"save_nofsync_ms\": " << json_array(r.save_nofsync)
       << ", \"restore_1thread_ms\": " << json_array(r.restore_1) << ", \"restore_threads_ms\": " << json_array(r.restore_n)
-      << ", \"restore_1thread_cpu_ms\": " << json_array(r.restore_1_cpu) << ", \"restore_threads_cpu_ms\": " << json_array(r.restore_n_cpu) << ", \"recompute_s\": ";
+      << ", \"restore_1thread_cpu_ms\": " << json_array(r.restore_1_cpu) << ", \"restore_threads_cpu_ms\": " << json_array(r.restore_n_cpu)
+      << ", \"bound_write_durable_ms\": " << json_array(r.bound_durable) << ", \"bound_write_nofsync_ms\": " << json_array(r.bound_nofsync)
+      << ", \"bound_read_1thread_ms\": " << json_array(r.bound_read_1) << ", \"bound_read_threads_ms\": " << json_array(r.bound_read_n) << ", \"recompute_s\": ";
     if (r.recompute_s < 0) f << "null";
     else f << fmt("%.3f", r.recompute_s);
     f << "}" << (i + 1 < rows.size() ? "," : "") << "\n";

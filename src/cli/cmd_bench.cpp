@@ -2,17 +2,25 @@
 // pp: the prompt is evaluated as one batch (split in -ub micro-batches) into an empty cache.
 // tg: n tokens are generated one at a time from an empty cache, as llama-bench's tgN does.
 // Each test runs once as a warm-up, then -r times; tok/s is reported as mean and sd.
+// Decode also reports GB/s (weight bytes read per token x tok/s) and, unless --no-roof, that as a
+// share of the machine's read bandwidth, measured (core/membw.h, best of 2 passes over --roof-mib, default 1 GiB, with
+// the same threads) right before each repetition: on a shared or virtualised machine the
+// bandwidth drifts by tens of percent from minute to minute, so only a paired roof makes the
+// ratio meaningful.
 #include <sys/utsname.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <numeric>
 
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "core/membw.h"
 #include "engine/context.h"
 #include "model/model.h"
 
@@ -31,6 +39,9 @@ void add_bench_command(CLI::App& app, BenchOptions& o) {
   c->add_option("--cache-type-v", o.type_v, "V cache type (-ctv)");
   c->add_option("--attn", o.attn, "Attention path: 'default'; deepseek2 (MLA) also 'absorbed' (its default) or 'naive'");
   c->add_option("-o,--output", o.format, "Output format: md or json");
+  c->add_flag("!--no-roof", o.roof, "Decode: skip measuring the memory read bandwidth before each repetition");
+  c->add_option("--roof-mib", o.roof_mib, "Size of the read-bandwidth probe's buffer in MiB (well beyond the last-level cache)")
+      ->check(CLI::Range(1, 1 << 20));
 }
 
 namespace {
@@ -78,9 +89,10 @@ int bench_command(const BenchOptions& o) {
   const std::string cpu = cpu_model();
   if (!json) {
     std::printf("kvstash %s (%s), %s, kernels %s, %s %s\n\n", KVSTASH_VERSION, KVSTASH_COMMIT, cpu.c_str(), active_kernels().name, un.sysname, un.release);
-    std::printf("| model | size | params | threads | type_k | type_v | test | t/s | GB/s |\n");
-    std::printf("| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |\n");
+    std::printf("| model | size | params | threads | type_k | type_v | test | t/s | GB/s |%s\n", o.roof ? " roof GB/s | % roof |" : "");
+    std::printf("| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |%s\n", o.roof ? " ---: | ---: |" : "");
   }
+  std::unique_ptr<MemReadProbe> probe;  // made at the first decode test, kept across tests
   for (const std::string& path : o.models) {
     auto m = Model::load(path);
     if (!m.is_ok()) {
@@ -122,9 +134,18 @@ int bench_command(const BenchOptions& o) {
         const int32_t nv = static_cast<int32_t>(model.hparams().n_vocab);
         std::vector<int32_t> toks(std::max(t.n_prompt, t.n_gen));
         for (size_t i = 0; i < toks.size(); ++i) toks[i] = 3 + static_cast<int32_t>((i * 7919) % (nv - 3));
-        std::vector<double> ns;
+        std::vector<double> ns, roofs;
+        const bool roof = o.roof && t.n_gen > 0;
+        if (roof && !probe) {
+          probe = std::make_unique<MemReadProbe>(ctx.pool(), size_t(o.roof_mib) << 20);
+          if (!probe->ok()) {
+            std::fprintf(stderr, "error: bench: cannot allocate the %d MiB read-bandwidth probe (use --no-roof or a smaller --roof-mib)\n", o.roof_mib);
+            return 1;
+          }
+        }
         for (int rep = -1; rep < o.reps; ++rep) {  // rep -1: warm-up
           ctx.cache().clear();
+          if (roof && rep >= 0) roofs.push_back(std::max(probe->measure(ctx.pool()), probe->measure(ctx.pool())));
           const auto t0 = std::chrono::steady_clock::now();
           if (t.n_prompt > 0) {
             auto r = ctx.eval(0, toks.data(), t.n_prompt, 0);
@@ -148,6 +169,8 @@ int bench_command(const BenchOptions& o) {
         std::vector<double> ts;
         for (double x : ns) ts.push_back(n * 1e9 / x);
         const double gbs = t.n_gen > 0 ? mean(ts) * model.weight_bytes_per_token() / 1e9 : 0.0;
+        std::vector<double> pct;  // per repetition: decode bytes/s over the roof measured just before
+        for (size_t i = 0; i < roofs.size(); ++i) pct.push_back(100.0 * ts[i] * model.weight_bytes_per_token() / roofs[i]);
         const std::string test = t.n_prompt > 0 ? "pp" + std::to_string(t.n_prompt) : "tg" + std::to_string(t.n_gen);
         if (json) {
           nlohmann::json j;
@@ -175,12 +198,22 @@ int bench_command(const BenchOptions& o) {
           j["samples_ns"] = ns;
           j["samples_ts"] = ts;
           if (t.n_gen > 0) j["decode_GBps"] = gbs;
+          if (!roofs.empty()) {
+            j["mem_read_GBps"] = mean(roofs) / 1e9;
+            std::vector<double> gb;
+            for (double r : roofs) gb.push_back(r / 1e9);
+            j["samples_mem_read_GBps"] = gb;
+            j["decode_roof_pct"] = mean(pct);
+            j["stddev_decode_roof_pct"] = stddev(pct);
+          }
           results.push_back(j);
         } else {
-          char g[32] = "";
+          char g[32] = "", r[64] = "";
           if (t.n_gen > 0) std::snprintf(g, sizeof g, "%.2f", gbs);
-          std::printf("| %s | %.2f GiB | %.2f B | %d | %s | %s | %s | %.2f ± %.2f | %s |\n", mtype.c_str(), model.weight_bytes() / 1073741824.0,
-                      model.n_params() / 1e9, threads, o.type_k.c_str(), o.type_v.c_str(), test.c_str(), mean(ts), stddev(ts), g);
+          if (!roofs.empty()) std::snprintf(r, sizeof r, " %.2f | %.1f ± %.1f |", mean(roofs) / 1e9, mean(pct), stddev(pct));
+          else if (o.roof) std::snprintf(r, sizeof r, "  |  |");
+          std::printf("| %s | %.2f GiB | %.2f B | %d | %s | %s | %s | %.2f ± %.2f | %s |%s\n", mtype.c_str(), model.weight_bytes() / 1073741824.0,
+                      model.n_params() / 1e9, threads, o.type_k.c_str(), o.type_v.c_str(), test.c_str(), mean(ts), stddev(ts), g, r);
           std::fflush(stdout);
         }
       }

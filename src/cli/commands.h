@@ -69,6 +69,8 @@ struct BenchOptions {
   std::string type_k = "f16", type_v = "f16";
   std::string attn = "default";
   std::string format = "md";
+  bool roof = true;     // decode: measure the memory read bandwidth before each repetition (--no-roof)
+  int roof_mib = 1024;  // the probe's buffer
 };
 void add_bench_command(CLI::App& app, BenchOptions& o);
 int bench_command(const BenchOptions& o);

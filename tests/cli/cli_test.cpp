@@ -167,8 +167,37 @@ TEST_F(Cli, MkmodelDeepseek2RunsOnBothMlaPaths) {
   EXPECT_EQ(ids[0]["generated_token_ids"].size(), 8u);
   EXPECT_EQ(ids[0]["generated_token_ids"], ids[1]["generated_token_ids"]);
   EXPECT_NE(run("run -m " + m.string() + " -p hi -n 1 --mla-path sideways").code, 0);
-  Proc b = run("bench -m " + m.string() + " -p 8 -n 4 -r 1 -t 2 --attn naive");
+  Proc b = run("bench -m " + m.string() + " -p 8 -n 4 -r 1 -t 2 --attn naive --no-roof");
   EXPECT_EQ(b.code, 0) << b.err;
+}
+
+// issue 7: decode reports its share of the read bandwidth measured right before each
+// repetition: per repetition 100 x (tok/s x weight bytes per token) / roof, then the mean.
+TEST_F(Cli, BenchPairsDecodeWithTheReadRoof) {
+  const std::string m = test::model_path("stories260K.gguf");
+  Proc b = run("bench -m " + m + " -p 0 -n 4 -r 3 -t 2 --roof-mib 16 -o json");
+  ASSERT_EQ(b.code, 0) << b.err;
+  const auto j = nlohmann::json::parse(b.out);
+  ASSERT_EQ(j.size(), 1u);
+  const auto& r = j[0];
+  ASSERT_EQ(r["samples_mem_read_GBps"].size(), 3u);
+  ASSERT_EQ(r["samples_ts"].size(), 3u);
+  const double bytes_per_token = r["decode_GBps"].get<double>() * 1e9 / r["avg_ts"].get<double>();
+  double pct = 0, roof = 0;
+  for (int i = 0; i < 3; ++i) {
+    const double gbps = r["samples_mem_read_GBps"][i].get<double>();
+    EXPECT_GT(gbps, 0.0);
+    roof += gbps / 3;
+    pct += 100.0 * r["samples_ts"][i].get<double>() * bytes_per_token / (gbps * 1e9) / 3;
+  }
+  EXPECT_NEAR(r["mem_read_GBps"].get<double>(), roof, 1e-9 * roof);
+  EXPECT_NEAR(r["decode_roof_pct"].get<double>(), pct, 1e-9 * pct);
+  Proc md = run("bench -m " + m + " -p 4 -n 4 -r 1 -t 1 --roof-mib 16");
+  ASSERT_EQ(md.code, 0) << md.err;
+  EXPECT_NE(md.out.find("| roof GB/s | % roof |"), std::string::npos) << md.out;
+  Proc off = run("bench -m " + m + " -p 0 -n 4 -r 1 -t 1 --no-roof -o json");
+  ASSERT_EQ(off.code, 0) << off.err;
+  EXPECT_FALSE(nlohmann::json::parse(off.out)[0].contains("mem_read_GBps"));
 }
 
 }  // namespace
