@@ -42,7 +42,15 @@ Problem make(DType t, int64_t rows, int64_t cols, int64_t n_tok) {
 void BM_Gemm(benchmark::State& st) {
   const DType t = static_cast<DType>(st.range(0));
   const int64_t n_tok = st.range(1), rows = 5632, cols = 2048;
+  const bool il8 = st.range(2) != 0;  // Interleaved8, as Model::repack_weights lays Q8_0/Q4_0 out
   Problem p = make(t, rows, cols, n_tok);
+  std::vector<uint8_t> packed;
+  if (il8) {
+    packed.resize(p.w.size());
+    repack_interleaved8(t, p.w.data(), rows, cols, packed.data());
+    p.ref.data = packed.data();
+    p.ref.layout = WeightLayout::Interleaved8;
+  }
   ThreadPool pool(1);
   const KernelSet& k = active_kernels();
   for (auto _ : st) {
@@ -50,13 +58,15 @@ void BM_Gemm(benchmark::State& st) {
     matmul(pool, k, a, {{&p.ref, p.y.data(), rows}});
     benchmark::DoNotOptimize(p.y.data());
   }
-  st.SetLabel(std::string(dtype_name(t)) + (n_tok == 1 ? " matvec" : " matmul"));
+  st.SetLabel(std::string(dtype_name(t)) + (il8 ? " interleaved8" : "") + (n_tok == 1 ? " matvec" : " matmul"));
   st.SetBytesProcessed(int64_t(p.w.size()) * st.iterations());
   st.counters["GFLOP/s"] = benchmark::Counter(2.0 * rows * cols * n_tok * st.iterations(), benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
 }
 
+// Args: weight type, tokens, layout (1: Interleaved8, the layout the engine runs Q8_0/Q4_0 in).
 BENCHMARK(BM_Gemm)
-    ->ArgsProduct({{int64_t(DType::Q8_0), int64_t(DType::Q4_0), int64_t(DType::F16), int64_t(DType::BF16), int64_t(DType::F32)}, {1, 64}})
+    ->ArgsProduct({{int64_t(DType::Q8_0), int64_t(DType::Q4_0)}, {1, 64}, {1, 0}})
+    ->ArgsProduct({{int64_t(DType::F16), int64_t(DType::BF16), int64_t(DType::F32)}, {1, 64}, {0}})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime();
 

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace kvstash {
 namespace {
@@ -103,8 +104,33 @@ inline __m256i bcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
+// Per activation row and block, computed once per (row block, token tile) instead of once per
+// 8-row group: the fp32 scale dx and, for Q4_0, 8 x (sum of the row's quants), the exact integer
+// correction of its -8 offset. Same values as computing them inline: no result changes.
+struct Il8Acts {
+  const float* dx;    // [T][nb]
+  const int32_t* s8;  // [T][nb], Q4_0 only
+};
+
+template <bool kQ4>
+void prep_il8(const uint8_t* x, size_t xrb, int64_t nb, int n_t, float* dx, int32_t* s8) {
+  for (int t = 0; t < n_t; ++t) {
+    const BlockQ8_0* xb = reinterpret_cast<const BlockQ8_0*>(x + t * xrb);
+    for (int64_t b = 0; b < nb; ++b) {
+      dx[t * nb + b] = h2f(xb[b].d);
+      if constexpr (kQ4) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[b].qs));
+        const __m256i xs = dot_u8_i8_lanes(_mm256_set1_epi8(8), xv);  // 8 * sum x, per 4-byte lane
+        const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(xs), _mm256_extracti128_si256(xs, 1));
+        const __m128i q = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+        s8[t * nb + b] = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1)));
+      }
+    }
+  }
+}
+
 template <bool kQ4, int T>
-void tile_il8(const uint8_t* wg, size_t bstride, const uint8_t* x, size_t xrb, int64_t nb, float* y, int64_t ldy, int j0, int j1) {
+void tile_il8(const uint8_t* wg, size_t bstride, const uint8_t* x, size_t xrb, Il8Acts pre, int64_t nb, float* y, int64_t ldy, int j0, int j1) {
   static_assert(Interleaved8Geom::chunk(1, 0) - Interleaved8Geom::chunk(0, 0) == 32, "one chunk of 8 rows is one 256-bit load");
   const __m256i ones16 = _mm256_set1_epi16(1);
   __m256 acc[T];
@@ -136,14 +162,7 @@ void tile_il8(const uint8_t* wg, size_t bstride, const uint8_t* x, size_t xrb, i
         }
       }
       #pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[t]->qs));
-        __m256i xs = dot_u8_i8_lanes(_mm256_set1_epi8(8), xv);  // 8 * sum x, per 4-byte lane
-        xs = _mm256_add_epi32(xs, _mm256_shuffle_epi32(xs, 0x4e));
-        xs = _mm256_add_epi32(xs, _mm256_shuffle_epi32(xs, 0xb1));
-        xs = _mm256_add_epi32(xs, _mm256_permute2x128_si256(xs, xs, 0x01));
-        sum[t] = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones16), xs);
-      }
+      for (int t = 0; t < T; ++t) sum[t] = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones16), _mm256_set1_epi32(pre.s8[t * nb + b]));
     } else {
       #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) sum[t] = _mm256_setzero_si256();
@@ -160,7 +179,7 @@ void tile_il8(const uint8_t* wg, size_t bstride, const uint8_t* x, size_t xrb, i
     }
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t)
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_mul_ps(dw, _mm256_set1_ps(h2f(xb[t]->d))), acc[t]);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_mul_ps(dw, _mm256_broadcast_ss(pre.dx + t * nb + b)), acc[t]);
   }
   #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) {
@@ -267,19 +286,38 @@ void gemm_il8(const MatRef& w, const uint8_t* x, size_t xrb, int64_t n_tok, floa
   static_assert(kRowBlock % kInterleaveRows == 0);
   const Interleaved8Geom geo = interleaved8_geom(w.type, w.row_bytes);
   const int64_t nb = w.n_cols / kQK8_0;
+  // Per-thread scratch for one token tile's Il8Acts: grows to the widest matrix once, then is
+  // reused (no allocation in steady-state decode).
+  thread_local std::vector<float> dx;
+  thread_local std::vector<int32_t> s8;
+  if (dx.size() < size_t(nb) * kTileTIl8) {
+    dx.resize(size_t(nb) * kTileTIl8);
+    s8.resize(size_t(nb) * kTileTIl8);
+  }
+  const Il8Acts pre{dx.data(), s8.data()};
+  // Decode (one token tile): the activations' block values are prepared once for all row blocks.
+  const bool one_tile = n_tok <= kTileTIl8;
+  if (one_tile) prep_il8<kQ4>(x, xrb, nb, static_cast<int>(n_tok), dx.data(), s8.data());
   const int64_t g_end = (r1 + kInterleaveRows - 1) / kInterleaveRows;
   for (int64_t gb = r0 / kInterleaveRows; gb < g_end; gb += kRowBlock / kInterleaveRows) {
     const int64_t ge = std::min(g_end, gb + kRowBlock / kInterleaveRows);
-    auto groups = [&]<int T>(int64_t t) {
+    auto groups = [&]<int T>(int64_t t, Il8Acts p) {
       for (int64_t g = gb; g < ge; ++g) {
         const int64_t rg = g * kInterleaveRows;
         const int j0 = static_cast<int>(std::max<int64_t>(r0 - rg, 0)), j1 = static_cast<int>(std::min<int64_t>(r1 - rg, kInterleaveRows));
-        tile_il8<kQ4, T>(w.data + geo.block(g, 0), geo.block_stride(), x + t * xrb, xrb, nb, y + t * ldy + rg, ldy, j0, j1);
+        tile_il8<kQ4, T>(w.data + geo.block(g, 0), geo.block_stride(), x + t * xrb, xrb, p, nb, y + t * ldy + rg, ldy, j0, j1);
       }
     };
     int64_t t = 0;
-    for (; t + kTileTIl8 <= n_tok; t += kTileTIl8) groups.template operator()<kTileTIl8>(t);
-    for (; t < n_tok; ++t) groups.template operator()<1>(t);
+    for (; t + kTileTIl8 <= n_tok; t += kTileTIl8) {
+      if (!one_tile) prep_il8<kQ4>(x + t * xrb, xrb, nb, kTileTIl8, dx.data(), s8.data());
+      groups.template operator()<kTileTIl8>(t, pre);
+    }
+    for (; t < n_tok; ++t) {  // the tail, one token at a time: its values sit at row (t - t_tail) of the tile
+      const int64_t i = one_tile ? t : 0;
+      if (!one_tile) prep_il8<kQ4>(x + t * xrb, xrb, nb, 1, dx.data(), s8.data());
+      groups.template operator()<1>(t, Il8Acts{dx.data() + i * nb, s8.data() + i * nb});
+    }
   }
 }
 

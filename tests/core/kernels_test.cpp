@@ -188,28 +188,29 @@ TEST(Kernels, Interleaved8SimdEqualsScalarBitForBit) {
   for (DType t : {DType::Q8_0, DType::Q4_0}) {
     for (int64_t cols : {32, 256, 2048}) {
       for (int64_t rows : {8, 40, 136}) {
-        const int64_t n_tok = 7;  // a tile of 4 and 3 single tokens
-        Problem p = make_problem(t, rows, cols, n_tok, 31);
-        Repacked r = repack(p);
-        const size_t xrb = dtype_row_bytes(DType::Q8_0, cols);
-        std::vector<uint8_t> xa(n_tok * xrb);
-        for (int64_t i = 0; i < n_tok; ++i) quantize_row_ref(DType::Q8_0, p.x.data() + i * cols, xa.data() + i * xrb, cols);
-        for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, rows}, {3, rows - 2}, {rows - 8, rows}, {5, 7}}) {
-          std::vector<float> y_simd(rows * n_tok, NAN), y_sc(rows * n_tok, NAN), y_rm(rows * n_tok, NAN);
-          gemm_for(*simd, t)(r.w, xa.data(), xrb, n_tok, y_simd.data(), rows, r0, r1);
-          gemm_for(sc, t)(r.w, xa.data(), xrb, n_tok, y_sc.data(), rows, r0, r1);
-          ASSERT_EQ(std::memcmp(y_simd.data(), y_sc.data(), y_sc.size() * sizeof(float)), 0)
-              << dtype_name(t) << " cols " << cols << " rows " << rows << " range " << r0 << ".." << r1;
-          for (int64_t i = 0; i < n_tok; ++i)
-            for (int64_t row = 0; row < rows; ++row) {
-              const float v = y_simd[i * rows + row];
-              if (row < r0 || row >= r1) {
-                EXPECT_TRUE(std::isnan(v)) << "row " << row << " outside " << r0 << ".." << r1 << " was written";
-                continue;
+        for (int64_t n_tok : {1, 3, 7}) {  // decode (one tile: block values prepared once); 4 + 3 single tokens
+          Problem p = make_problem(t, rows, cols, n_tok, 31);
+          Repacked r = repack(p);
+          const size_t xrb = dtype_row_bytes(DType::Q8_0, cols);
+          std::vector<uint8_t> xa(n_tok * xrb);
+          for (int64_t i = 0; i < n_tok; ++i) quantize_row_ref(DType::Q8_0, p.x.data() + i * cols, xa.data() + i * xrb, cols);
+          for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, rows}, {3, rows - 2}, {rows - 8, rows}, {5, 7}}) {
+            std::vector<float> y_simd(rows * n_tok, NAN), y_sc(rows * n_tok, NAN), y_rm(rows * n_tok, NAN);
+            gemm_for(*simd, t)(r.w, xa.data(), xrb, n_tok, y_simd.data(), rows, r0, r1);
+            gemm_for(sc, t)(r.w, xa.data(), xrb, n_tok, y_sc.data(), rows, r0, r1);
+            ASSERT_EQ(std::memcmp(y_simd.data(), y_sc.data(), y_sc.size() * sizeof(float)), 0)
+                << dtype_name(t) << " cols " << cols << " rows " << rows << " tokens " << n_tok << " range " << r0 << ".." << r1;
+            for (int64_t i = 0; i < n_tok; ++i)
+              for (int64_t row = 0; row < rows; ++row) {
+                const float v = y_simd[i * rows + row];
+                if (row < r0 || row >= r1) {
+                  EXPECT_TRUE(std::isnan(v)) << "row " << row << " outside " << r0 << ".." << r1 << " was written";
+                  continue;
+                }
+                const double exact = ref_dot(p, row, xa.data() + i * xrb, DType::Q8_0);
+                EXPECT_NEAR(v, exact, 4e-5 * std::sqrt(double(cols))) << dtype_name(t) << " cols " << cols << " row " << row;
               }
-              const double exact = ref_dot(p, row, xa.data() + i * xrb, DType::Q8_0);
-              EXPECT_NEAR(v, exact, 4e-5 * std::sqrt(double(cols))) << dtype_name(t) << " cols " << cols << " row " << row;
-            }
+          }
         }
       }
     }
