@@ -3,6 +3,7 @@
 // machine. Reports weight GB/s (decode) and GFLOP/s (prefill).
 #include <benchmark/benchmark.h>
 
+#include <atomic>
 #include <random>
 #include <vector>
 
@@ -69,6 +70,16 @@ BENCHMARK(BM_Gemm)
     ->ArgsProduct({{int64_t(DType::F16), int64_t(DType::BF16), int64_t(DType::F32)}, {1, 64}, {0}})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime();
+
+// One fork-join of the thread pool with an empty job: the fixed cost that every parallel matmul
+// pays (decode runs ~5 per layer). Real time: the cost is waiting, not computing.
+void BM_PoolDispatch(benchmark::State& st) {
+  ThreadPool pool(static_cast<int>(st.range(0)));
+  std::atomic<int> n{0};
+  for (auto _ : st) pool.run([&](int, int) { n.fetch_add(1, std::memory_order_relaxed); });
+  benchmark::DoNotOptimize(n.load());
+}
+BENCHMARK(BM_PoolDispatch)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 }  // namespace
 }  // namespace kvstash
