@@ -2,7 +2,8 @@
 // (sequence length, cache type), -ctk = -ctv = type, printed as a markdown table (and JSON).
 //
 //   kvstash_state_bench [--tokens 1024,4096] [--types f32,f16,bf16,q8_0,q4_0,q8_KV] [--reps 5]
-//                       [--threads 2] [--fill prefill|random] [--model PATH] [--dir DIR] [--json FILE]
+//                       [--threads 2] [--fill prefill|random] [--format 1.1|1.0] [--model PATH] [--dir DIR]
+//                       [--json FILE]
 //
 // Per row, on one sequence of n tokens saved without logits:
 //   cache bytes   rows the KvLayout holds for n tokens (layout.cell_bytes() x n)
@@ -26,6 +27,8 @@
 //                 "% bound" = bound median / operation median.
 // Times are best and median of --reps runs; GB/s = file bytes / best time. "CPU ms": median
 // process CPU time of the 1-thread restore (robust when other processes share the cores).
+// --format 1.0 writes the files in state format 1.0 (cells as 16-byte CELL records instead of
+// 1.1's CEL2 runs, docs/state-format.md §2.1): the overhead column as it was before 1.1.
 // --fill random skips the prefill (rows are pseudo-random bytes; no recompute column): for quick
 // save/restore runs. Without --model the TinyLlama-1.1B shape in Q8_0 is generated under
 // $TMPDIR/kvstash-bench (KVSTASH_MODELS points at the vocab, default ../shared/models).
@@ -60,6 +63,7 @@ struct Options {
   int reps = 5;
   int threads = 2;
   bool prefill = true;
+  uint16_t format_minor = 1;  // StateSaveOptions::format_minor
   std::string model;
   std::string dir;
   std::string json;
@@ -134,6 +138,10 @@ Options parse(int argc, char** argv) {
       const std::string f = val();
       if (f != "prefill" && f != "random") die("--fill is prefill or random");
       o.prefill = f == "prefill";
+    } else if (a == "--format") {
+      const std::string f = val();
+      if (f != "1.0" && f != "1.1") die("--format is 1.1 or 1.0");
+      o.format_minor = f == "1.0" ? 0 : 1;
     } else if (a == "--model" || a == "-m") {
       o.model = val();
     } else if (a == "--dir") {
@@ -142,7 +150,7 @@ Options parse(int argc, char** argv) {
       o.json = val();
     } else if (a == "--help" || a == "-h") {
       std::printf("usage: kvstash_state_bench [--tokens 1024,4096] [--types f32,f16,bf16,q8_0,q4_0,q8_KV] [--reps 5] [--threads 2]\n"
-                  "                           [--fill prefill|random] [--model PATH] [--dir DIR] [--json FILE]\n");
+                  "                           [--fill prefill|random] [--format 1.1|1.0] [--model PATH] [--dir DIR] [--json FILE]\n");
       std::exit(0);
     } else {
       die("unknown option '" + a + "' (--help)");
@@ -274,6 +282,7 @@ Row run_row(const Model& model, uint32_t n, DType type, const Options& o) {
     Timing& tb = durable ? row.bound_durable : row.bound_nofsync;
     StateSaveOptions so;
     so.durable = durable;
+    so.format_minor = o.format_minor;
     so.pool = &ctx.pool();  // hashes on a second thread while the first writes
     for (int i = 0; i < o.reps; ++i) {
       tb.ms.push_back(bound_write_ms(bound_path, row.file_bytes ? row.file_bytes : row.cache_bytes, durable, wbuf));
@@ -385,7 +394,7 @@ void write_json(const std::vector<Row>& rows, const Options& o, const std::strin
   if (!f) die("cannot write " + o.json);
   f << "{\n  \"commit\": \"" << KVSTASH_COMMIT << "\",\n  \"cpu\": \"" << cpu_model() << "\",\n  \"compiler\": \"" << __VERSION__
     << "\",\n  \"flags\": \"" << KVSTASH_BUILD_FLAGS << "\",\n  \"model\": \"" << model_path << "\",\n  \"threads\": " << o.threads
-    << ",\n  \"reps\": " << o.reps << ",\n  \"fill\": \"" << (o.prefill ? "prefill" : "random") << "\",\n  \"loadavg_before\": \""
+    << ",\n  \"reps\": " << o.reps << ",\n  \"fill\": \"" << (o.prefill ? "prefill" : "random") << "\",\n  \"state_format\": \"1." << o.format_minor << "\",\n  \"loadavg_before\": \""
     << load_before << "\",\n  \"loadavg_after\": \"" << load_after << "\",\n  \"rows\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
@@ -418,9 +427,9 @@ int main(int argc, char** argv) {
   for (uint32_t n : o.tokens)
     for (DType t : o.types) rows.push_back(run_row(**m, n, t, o));
   const std::string load_after = loadavg();
-  std::printf("kvstash %s (%s), %s, %s, %s; model %s; %d threads; %d reps; fill %s; load average %s before, %s after\n\n", KVSTASH_VERSION,
-              KVSTASH_COMMIT, cpu_model().c_str(), __VERSION__, KVSTASH_BUILD_FLAGS, model_path.c_str(), o.threads, o.reps,
-              o.prefill ? "prefill" : "random", load_before.c_str(), load_after.c_str());
+  std::printf("kvstash %s (%s), %s, %s, %s; model %s; %d threads; %d reps; fill %s; state format 1.%u; load average %s before, %s after\n\n",
+              KVSTASH_VERSION, KVSTASH_COMMIT, cpu_model().c_str(), __VERSION__, KVSTASH_BUILD_FLAGS, model_path.c_str(), o.threads, o.reps,
+              o.prefill ? "prefill" : "random", unsigned(o.format_minor), load_before.c_str(), load_after.c_str());
   print_markdown(rows, o);
   if (!o.json.empty()) write_json(rows, o, model_path, load_before, load_after);
   return 0;

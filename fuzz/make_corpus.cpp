@@ -120,11 +120,14 @@ std::vector<uint8_t> fixed_writer(const std::vector<uint8_t>& f) {
   return out;
 }
 
-std::vector<uint8_t> save_seq(const KvCache& cache, SeqId seq, const ModelFingerprint& fp, const float* logits, uint32_t n_logits) {
+// minor: the format minor to write (docs/state-format.md §2.1): 1 (CEL2 cells) or 0 (CELL).
+std::vector<uint8_t> save_seq(const KvCache& cache, SeqId seq, const ModelFingerprint& fp, const float* logits, uint32_t n_logits,
+                              uint16_t minor = 1) {
   std::vector<uint8_t> out;
   BufferSink sink(&out);
   StateSaveOptions opt;
   opt.created_ms = 1700000000000ull;  // fixed, so the seeds are reproducible
+  opt.format_minor = minor;
   opt.logits = logits;
   opt.n_logits = n_logits;
   must(state_write_seq(cache, seq, fp, opt, sink), "state_write_seq");
@@ -147,6 +150,8 @@ std::vector<Saved> save_states(fuzz::TinyArch arch, const Model& m, DType tk, DT
   // One sequence of three tokens, with the logits after its last token.
   const float* logits = must(ctx->eval(0, prompt.data(), 3, 0), "eval");
   out.push_back({tag + "-seq3-logits", save_seq(ctx->cache(), 0, fp, logits, fp.n_vocab), false, arch, tk, tv});
+  // The same as format 1.0 (CELL records), which readers keep reading.
+  out.push_back({tag + "-seq3-logits-v1.0", save_seq(ctx->cache(), 0, fp, logits, fp.n_vocab, 0), false, arch, tk, tv});
   // One token, no logits; an empty sequence.
   auto one = must(Context::create(m, cp), "Context::create");
   (void)must(one->eval(1, prompt.data(), 1, 0), "eval");

@@ -57,6 +57,10 @@ void print_info(const StateInfo& in, const Model* model) {
   std::printf("tokens:     %u", in.layout.n_cells());
   if (!in.cell_pos.empty()) std::printf(" (positions %d..%d)", in.cell_pos.front(), in.cell_pos.back());
   std::printf("%s\n", in.n_logits ? ", with last-position logits" : "");
+  if (in.cells_tag == "CEL2")
+    std::printf("cells:      CEL2, %u run%s of consecutive positions + 4 bytes per token\n", in.n_cell_runs, in.n_cell_runs == 1 ? "" : "s");
+  else
+    std::printf("cells:      CELL (format 1.0), 16 bytes per token; `state convert` rewrites it as 1.1\n");
   std::printf("layout:     %u layers\n", in.layout.n_layers());
   for (uint32_t il = 0; il < in.layout.n_layers(); ++il) {
     if (il >= 2 && il + 1 < in.layout.n_layers()) {

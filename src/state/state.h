@@ -1,4 +1,4 @@
-// State save/restore of a KvCache: format v1 (docs/state-format.md), to and from bytes or files.
+// State save/restore of a KvCache: format 1.1, reading 1.0 too (docs/state-format.md), to and from bytes or files.
 // Owns: the writer, the reader and the atomic file protocol. Depends on kv/, never on model/:
 // the model identity arrives as a ModelFingerprint. Sizes come from running the writer against
 // a CountingSink. A failed restore leaves every sequence exactly as it was (§5).
@@ -36,6 +36,10 @@ struct StateSaveOptions {
   const float* logits = nullptr;   // optional LOGT section: logits of the sequence's last cell
   uint32_t n_logits = 0;
   uint64_t created_ms = 0;         // 0 = now
+  // Format minor to write (docs/state-format.md §2.1): 1 writes the cells as CEL2; 0 writes a
+  // 1.0 file (CELL, 16 bytes per cell) for readers that only know 1.0, and for tests. The
+  // writer refuses other values.
+  uint16_t format_minor = 1;
   FileIo* io = nullptr;            // nullptr = default_file_io()
   // Optional: KV sections are hashed on a second thread of this pool while the caller's thread
   // writes them. Borrowed for the call; the caller must not be running another job on it.
@@ -79,6 +83,8 @@ struct StateInfo {
   KvLayout layout;  // as recorded in the file, n_cells = n_tokens
   std::vector<int32_t> cell_pos, cell_token;
   std::vector<uint64_t> cell_seqs;
+  std::string cells_tag;     // "CEL2" (1.1, §4.4.2) or "CELL" (1.0, §4.4.1)
+  uint32_t n_cell_runs = 0;  // CEL2: runs stored; CELL: 0
   uint32_t n_logits = 0;
   std::vector<std::string> unknown_sections;
   uint64_t kv_bytes = 0;  // bytes of KV rows

@@ -2,10 +2,10 @@
 // verified before use, and rows land only in free cells until the whole file checked out (§5).
 #include <algorithm>
 #include <cstring>
-#include <unordered_set>
 
 #include "core/le.h"
 #include "state/state.h"
+#include "state/state_cells.h"
 #include "state/state_encoding.h"
 #include "state/state_format.h"
 #include "state/state_hash.h"
@@ -41,7 +41,7 @@ class Reader {
  public:
   explicit Reader(ByteSource& src) : src_(src) {}
 
-  // Reads and checks the header and the small sections (META, MODL, LAYT, CELL) into info.
+  // Reads and checks the header and the small sections (META, MODL, LAYT, CEL2 or CELL) into info.
   Status read_prefix(StateInfo* info);
   // Walks KVDT sections, optional sections and END from the end of the prefix; with `dest`,
   // KV rows land there as they are read, before their checksums are known (dest holds only
@@ -105,6 +105,36 @@ Status expect_tag(const Frame& f, uint32_t tag) {
   if (f.tag != tag)
     return corruption("state: expected section '" + tag_name(tag) + "', found '" + tag_name(f.tag) + "'");
   if (!(f.flags & kFlagRequired)) return corruption("state: section '" + tag_name(tag) + "' must be marked required");
+  return Status::ok();
+}
+
+// §4.4, §2.1: the cells section is CEL2 or CELL. Another required tag there is a newer minor's
+// cells section (Unsupported) in a file of a newer minor, and corruption in any other file.
+Status expect_cells_tag(const Frame& f, uint16_t file_minor) {
+  if (f.tag == kTagCells || f.tag == kTagCells2) return expect_tag(f, f.tag);
+  const bool known = f.tag == kTagMeta || f.tag == kTagModel || f.tag == kTagLayout || f.tag == kTagKv || f.tag == kTagLogits || f.tag == kTagEnd;
+  if ((f.flags & kFlagRequired) && !known && file_minor > kMinor)
+    return unsupported("state: required section '" + tag_name(f.tag) + "' in place of the cells is not understood by this version (file 1." +
+                       std::to_string(file_minor) + ", this build reads up to 1." + std::to_string(kMinor) + ")");
+  return corruption("state: expected section 'CEL2' or 'CELL', found '" + tag_name(f.tag) + "'");
+}
+
+// §4.4: the `left` bytes after the cells section must hold the KVDT sections of n rows (§4.5)
+// and END, so that a file cannot make the reader allocate cells it carries no rows for.
+Status check_kv_room(const KvLayout& L, uint32_t n, uint64_t left) {
+  const uint64_t have = left;
+  auto take = [&left](uint64_t unit, uint64_t count) {
+    if (unit != 0 && count > left / unit) return false;
+    left -= unit * count;
+    return true;
+  };
+  bool fits = take(kFrameBytes + kTrailerBytes, 1);  // END
+  for (uint32_t il = 0; il < L.n_layers() && fits; ++il)
+    for (const KvRowSpec& s : L.layer(il).streams)
+      fits = fits && take(kFrameBytes + 8 + kTrailerBytes, 1) && take(s.row_bytes, n);
+  if (!fits)
+    return corruption("state: " + std::to_string(n) + " tokens of KV rows do not fit in the " + std::to_string(have) +
+                      " bytes after the cells section");
   return Status::ok();
 }
 
@@ -234,44 +264,23 @@ Status Reader::read_prefix(StateInfo* info) {
         return corruption(where + " row count " + std::to_string(recs[il][si].row_count) + ", META says " + std::to_string(n_tokens) + " tokens");
       info->kv_bytes += s.row_bytes * uint64_t(n_tokens);
     }
-  // §4.4 CELLS: the size must be exactly what n_tokens implies before anything is allocated.
+  // §4.4 CELLS: sizes first (from the frame and the counts at the payload's start), and the room
+  // the rows need after the section, before anything is allocated for the cells.
   KV_RETURN_IF_ERROR(next_frame(&f));
-  KV_RETURN_IF_ERROR(expect_tag(f, kTagCells));
-  if (f.len != 4 + uint64_t(kCellRecordBytes) * n_tokens)
-    return corruption("state: CELL section is " + std::to_string(f.len) + " bytes, " + std::to_string(n_tokens) + " tokens need " +
-                      std::to_string(4 + uint64_t(kCellRecordBytes) * n_tokens));
+  KV_RETURN_IF_ERROR(expect_cells_tag(f, info->minor));
+  uint8_t counts[kCells2PrefixBytes] = {};
+  const size_t n_counts = static_cast<size_t>(std::min<uint64_t>(f.len, sizeof counts));
+  KV_RETURN_IF_ERROR(src_.read_at(f.off, counts, n_counts));
+  KV_RETURN_IF_ERROR(check_cells_size(f.tag, f.len, counts, n_counts, n_tokens));
+  KV_RETURN_IF_ERROR(check_kv_room(info->layout, n_tokens, src_.size() - pos_));
   KV_RETURN_IF_ERROR(read_small(f, &p));
-  Dec cd(p.data(), p.size());
-  if (cd.get<uint32_t>() != n_tokens) return corruption("state: CELL count differs from META n_tokens");
-  info->cell_pos.resize(n_tokens);
-  info->cell_token.resize(n_tokens);
-  info->cell_seqs.resize(n_tokens);
-  for (uint32_t k = 0; k < n_tokens; ++k) {
-    info->cell_pos[k] = cd.get<int32_t>();
-    info->cell_token[k] = cd.get<int32_t>();
-    info->cell_seqs[k] = cd.get<uint64_t>();
-    const std::string where = "state: cell " + std::to_string(k);
-    if (info->cell_pos[k] < 0) return corruption(where + " has negative position " + std::to_string(info->cell_pos[k]));
-    if (info->cell_token[k] < -1 || (info->cell_token[k] >= 0 && uint32_t(info->cell_token[k]) >= info->model.n_vocab))
-      return corruption(where + " has token " + std::to_string(info->cell_token[k]) + ", vocabulary has " + std::to_string(info->model.n_vocab));
-    if (info->kind == StateKind::Sequence) {
-      if (info->cell_seqs[k] != 1) return corruption(where + " of a sequence file has sequence set " + std::to_string(info->cell_seqs[k]) + ", expected 1");
-      if (k > 0 && info->cell_pos[k] <= info->cell_pos[k - 1])
-        return corruption(where + ": positions are not strictly increasing (" + std::to_string(info->cell_pos[k - 1]) + " then " +
-                          std::to_string(info->cell_pos[k]) + ")");
-    } else if (info->cell_seqs[k] == 0) {
-      return corruption(where + " belongs to no sequence");
-    }
-  }
-  if (info->kind == StateKind::Context) {
-    std::unordered_set<uint64_t> seen;
-    seen.reserve(n_tokens);
-    for (uint32_t k = 0; k < n_tokens; ++k)
-      for (int s = 0; s < KvCache::kMaxSeqs; ++s)
-        if ((info->cell_seqs[k] >> s) & 1)
-          if (!seen.insert((uint64_t(s) << 32) | uint32_t(info->cell_pos[k])).second)
-            return corruption("state: sequence " + std::to_string(s) + " holds position " + std::to_string(info->cell_pos[k]) + " twice");
-  }
+  CellList cells;
+  KV_RETURN_IF_ERROR(decode_cells(f.tag, p.data(), p.size(), n_tokens, info->kind, info->model.n_vocab, &cells));
+  info->cell_pos = std::move(cells.pos);
+  info->cell_token = std::move(cells.token);
+  info->cell_seqs = std::move(cells.seqs);
+  info->cells_tag = tag_name(f.tag);
+  info->n_cell_runs = cells.n_runs;
   prefix_end_ = pos_;
   return Status::ok();
 }
@@ -316,7 +325,8 @@ Status Reader::walk_rest(StateInfo* info, const RowDest* dest, ThreadPool* pool,
       }
       continue;
     }
-    if (f.tag == kTagMeta || f.tag == kTagModel || f.tag == kTagLayout || f.tag == kTagCells || f.tag == kTagKv || f.tag == kTagLogits)
+    if (f.tag == kTagMeta || f.tag == kTagModel || f.tag == kTagLayout || f.tag == kTagCells || f.tag == kTagCells2 || f.tag == kTagKv ||
+        f.tag == kTagLogits)
       return corruption("state: unexpected section '" + tag_name(f.tag) + "' after the KV data");
     if (f.flags & kFlagRequired) return unsupported("state: required section '" + tag_name(f.tag) + "' is not understood by this version");
     // Unknown optional section (newer minor): verify and skip.

@@ -1,4 +1,5 @@
-// State writer (docs/state-format.md §1-§4, §7). Streams rows straight from the cache.
+// State writer (docs/state-format.md §1-§4, §7): format 1.1, or 1.0 on request (§2.1). Streams
+// rows straight from the cache.
 #include <atomic>
 #include <cassert>
 #include <chrono>
@@ -8,6 +9,7 @@
 #include "core/le.h"
 #include "core/threadpool.h"
 #include "state/state.h"
+#include "state/state_cells.h"
 #include "state/state_encoding.h"
 #include "state/state_format.h"
 #include "state/state_hash.h"
@@ -130,6 +132,58 @@ Status write_kv(const KvCache& cache, const std::vector<Run>& runs, uint32_t n, 
   return status;
 }
 
+// §4.4.1 CELL (format 1.0): one 16-byte record per cell.
+Status write_cell_records(const KvCache& cache, const std::vector<uint32_t>& cells, StateKind kind, SectionOut& out) {
+  const uint32_t n = static_cast<uint32_t>(cells.size());
+  KV_RETURN_IF_ERROR(out.begin(kTagCells, kFlagRequired, kCellsPrefixBytes + uint64_t(kCellRecordBytes) * n));
+  uint8_t b4[kCellsPrefixBytes];
+  store_le<uint32_t>(b4, n);
+  KV_RETURN_IF_ERROR(out.put(b4, sizeof b4));
+  uint8_t chunk[kCellRecordBytes * 256];
+  for (uint32_t i0 = 0; i0 < n; i0 += 256) {
+    const uint32_t m = std::min<uint32_t>(256, n - i0);
+    for (uint32_t k = 0; k < m; ++k) {
+      const uint32_t c = cells[i0 + k];
+      uint8_t* r = chunk + k * kCellRecordBytes;
+      store_le<int32_t>(r, cache.cell_pos(c));
+      store_le<int32_t>(r + 4, cache.cell_token(c));
+      store_le<uint64_t>(r + 8, cell_set_for(cache, c, kind));
+    }
+    KV_RETURN_IF_ERROR(out.put(chunk, size_t(m) * kCellRecordBytes));
+  }
+  return out.end();
+}
+
+// §4.4.2 CEL2 (format 1.1): counts, runs, then one token per cell.
+Status write_cell_runs(const KvCache& cache, const std::vector<uint32_t>& cells, StateKind kind, SectionOut& out) {
+  const uint32_t n = static_cast<uint32_t>(cells.size());
+  const std::vector<CellRun> runs = cell_runs(cache, cells, kind);
+  const uint32_t n_runs = static_cast<uint32_t>(runs.size());  // <= n
+  KV_RETURN_IF_ERROR(out.begin(kTagCells2, kFlagRequired, kCells2PrefixBytes + uint64_t(kCellRunBytes) * n_runs + uint64_t(kCellTokenBytes) * n));
+  uint8_t b8[kCells2PrefixBytes];
+  store_le<uint32_t>(b8, n);
+  store_le<uint32_t>(b8 + 4, n_runs);
+  KV_RETURN_IF_ERROR(out.put(b8, sizeof b8));
+  uint8_t chunk[kCellRunBytes * 256];
+  static_assert(kCellRunBytes >= kCellTokenBytes, "the chunk holds 256 runs or 256 tokens");
+  for (uint32_t j0 = 0; j0 < n_runs; j0 += 256) {
+    const uint32_t m = std::min<uint32_t>(256, n_runs - j0);
+    for (uint32_t j = 0; j < m; ++j) {
+      uint8_t* r = chunk + j * kCellRunBytes;
+      store_le<int32_t>(r, runs[j0 + j].first_pos);
+      store_le<uint32_t>(r + 4, runs[j0 + j].n);
+      store_le<uint64_t>(r + 8, runs[j0 + j].seqs);
+    }
+    KV_RETURN_IF_ERROR(out.put(chunk, size_t(m) * kCellRunBytes));
+  }
+  for (uint32_t i0 = 0; i0 < n; i0 += 256) {
+    const uint32_t m = std::min<uint32_t>(256, n - i0);
+    for (uint32_t k = 0; k < m; ++k) store_le<int32_t>(chunk + k * kCellTokenBytes, cache.cell_token(cells[i0 + k]));
+    KV_RETURN_IF_ERROR(out.put(chunk, size_t(m) * kCellTokenBytes));
+  }
+  return out.end();
+}
+
 Status write_state(const KvCache& cache, const std::vector<uint32_t>& cells, StateKind kind, SeqId saved_seq,
                    const ModelFingerprint& fp, const StateSaveOptions& opt, uint64_t file_bytes, bool hash, ByteSink& sink) {
   const KvLayout& L = cache.layout();
@@ -138,6 +192,9 @@ Status write_state(const KvCache& cache, const std::vector<uint32_t>& cells, Sta
   // §4.1: n_logits is 0 or n_vocab; the reader refuses anything else, so never write it.
   if (with_logits && opt.n_logits != fp.n_vocab)
     return invalid_argument("state: " + std::to_string(opt.n_logits) + " logits given, the model's vocabulary has " + std::to_string(fp.n_vocab));
+  static_assert(kMinor == 1, "StateSaveOptions::format_minor defaults to the current minor");
+  if (opt.format_minor > kMinor)
+    return invalid_argument("state: cannot write format 1." + std::to_string(opt.format_minor) + ", this build writes 1.0 and 1.1");
   uint32_t n_kv_sections = 0;
   for (uint32_t il = 0; il < L.n_layers(); ++il) n_kv_sections += static_cast<uint32_t>(L.layer(il).streams.size());
   const uint32_t n_sections = 4 + n_kv_sections + (with_logits ? 1 : 0) + 1;
@@ -146,7 +203,7 @@ Status write_state(const KvCache& cache, const std::vector<uint32_t>& cells, Sta
   uint8_t h[kHeaderBytes] = {};
   std::memcpy(h, kMagic, 8);
   store_le<uint16_t>(h + 8, kMajor);
-  store_le<uint16_t>(h + 10, kMinor);
+  store_le<uint16_t>(h + 10, opt.format_minor);
   store_le<uint32_t>(h + 12, kEndianMarker);
   store_le<uint32_t>(h + 16, kHeaderBytes);
   store_le<uint32_t>(h + 20, static_cast<uint32_t>(kind));
@@ -204,25 +261,7 @@ Status write_state(const KvCache& cache, const std::vector<uint32_t>& cells, Sta
     KV_RETURN_IF_ERROR(out.whole(kTagLayout, kFlagRequired, e.b));
   }
   // §4.4 CELLS
-  {
-    KV_RETURN_IF_ERROR(out.begin(kTagCells, kFlagRequired, 4 + uint64_t(kCellRecordBytes) * n));
-    uint8_t b4[4];
-    store_le<uint32_t>(b4, n);
-    KV_RETURN_IF_ERROR(out.put(b4, 4));
-    uint8_t chunk[kCellRecordBytes * 256];
-    for (uint32_t i0 = 0; i0 < n; i0 += 256) {
-      const uint32_t m = std::min<uint32_t>(256, n - i0);
-      for (uint32_t k = 0; k < m; ++k) {
-        const uint32_t c = cells[i0 + k];
-        uint8_t* r = chunk + k * kCellRecordBytes;
-        store_le<int32_t>(r, cache.cell_pos(c));
-        store_le<int32_t>(r + 4, cache.cell_token(c));
-        store_le<uint64_t>(r + 8, kind == StateKind::Sequence ? uint64_t(1) : cache.cell_seqs(c));
-      }
-      KV_RETURN_IF_ERROR(out.put(chunk, size_t(m) * kCellRecordBytes));
-    }
-    KV_RETURN_IF_ERROR(out.end());
-  }
+  KV_RETURN_IF_ERROR(opt.format_minor == 0 ? write_cell_records(cache, cells, kind, out) : write_cell_runs(cache, cells, kind, out));
   // §4.5 KVDATA: contiguous runs of cells are written with one call.
   std::vector<Run> runs;
   for (uint32_t i = 0; i < n; ++i) {

@@ -123,7 +123,8 @@ TEST_F(StateCli, InspectAndVerify) {
 
   const Proc ins = run("state inspect " + f + " -m " + model_);
   ASSERT_EQ(ins.code, 0) << ins.err;
-  EXPECT_TRUE(has(ins.out, "kvstash state 1.0, one sequence")) << ins.out;
+  EXPECT_TRUE(has(ins.out, "kvstash state 1.1, one sequence")) << ins.out;
+  EXPECT_TRUE(has(ins.out, "cells:      CEL2, 1 run of consecutive positions + 4 bytes per token")) << ins.out;
   EXPECT_TRUE(has(ins.out, "tokens:     " + n)) << ins.out;
   EXPECT_TRUE(has(ins.out, "with last-position logits")) << ins.out;
   EXPECT_TRUE(has(ins.out, "layer 0")) << ins.out;
@@ -258,6 +259,48 @@ TEST_F(StateCli, ConvertIsExactForF32AndMatchesTheInProcessConversion) {
   EXPECT_EQ(bad.code, 1);
   EXPECT_TRUE(has(bad.err, "unknown cache type 'f99'")) << bad.err;
   EXPECT_FALSE(fs::exists(dir_ / "x.kvs"));
+}
+
+// A file in format 1.0 (CELL, as kvstash wrote before 1.1) is inspected, verified and restored
+// as before, and `state convert` rewrites it as 1.1 (CEL2) with the same rows and logits.
+TEST_F(StateCli, AVersion10FileIsReadAndConvertRewritesItAs11) {
+  const std::string f = (dir_ / "p.kvs").string(), v10 = (dir_ / "v10.kvs").string(), v11 = (dir_ / "v11.kvs").string();
+  ASSERT_EQ(generate(kLong, f).code, 0);
+  const uint64_t n = n_tokens(kLong);
+  {
+    ContextParams cp;
+    cp.n_ctx = 256;
+    cp.n_threads = 1;
+    auto ctx = Context::create(stories(), cp);
+    ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
+    auto r = state_load_seq_file((*ctx)->cache(), 0, stories().fingerprint(), f, {});
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    StateSaveOptions o;
+    o.format_minor = 0;
+    o.durable = false;
+    o.logits = r->logits.data();
+    o.n_logits = static_cast<uint32_t>(r->logits.size());
+    ASSERT_TRUE(state_save_seq_file((*ctx)->cache(), 0, stories().fingerprint(), v10, o).is_ok());
+  }
+  const Proc i10 = run("state inspect " + v10);
+  ASSERT_EQ(i10.code, 0) << i10.err;
+  EXPECT_TRUE(has(i10.out, "kvstash state 1.0, one sequence")) << i10.out;
+  EXPECT_TRUE(has(i10.out, "cells:      CELL (format 1.0), 16 bytes per token")) << i10.out;
+  EXPECT_EQ(run("state verify " + v10).code, 0);
+  const Proc c = run("state convert " + v10 + " -o " + v11 + " --no-fsync");
+  ASSERT_EQ(c.code, 0) << c.err;
+  EXPECT_TRUE(has(c.out, "unchanged")) << c.out;
+  const Proc i11 = run("state inspect " + v11);
+  ASSERT_EQ(i11.code, 0) << i11.err;
+  EXPECT_TRUE(has(i11.out, "kvstash state 1.1, one sequence")) << i11.out;
+  EXPECT_TRUE(has(i11.out, "cells:      CEL2, 1 run of consecutive positions")) << i11.out;
+  EXPECT_TRUE(kv_and_logits(bytes_of(v11)) == kv_and_logits(bytes_of(v10)));
+  // §7: only the cells section differs: 4 + 16 n bytes against 8 + 16 (one run) + 4 n.
+  EXPECT_EQ(bytes_of(v10).size() - bytes_of(v11).size(), (4 + 16 * n) - (8 + 16 + 4 * n));
+  // Both continue exactly like the file the CLI wrote.
+  const Continuation orig = restore_and_continue(f, DType::F16, DType::F16, 4);
+  EXPECT_TRUE(same_bits(restore_and_continue(v10, DType::F16, DType::F16, 4).logits, orig.logits));
+  EXPECT_TRUE(same_bits(restore_and_continue(v11, DType::F16, DType::F16, 4).logits, orig.logits));
 }
 
 }  // namespace

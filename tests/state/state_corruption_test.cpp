@@ -298,9 +298,9 @@ TEST_F(StateCorruption, ClaimedCountsAreRefusedBeforeAllocating) {
     cases.push_back({what, std::move(b)});
   };
   constexpr uint64_t kTrillion = 1000000000000ull;
-  // n_tokens = 4e9 in META, and every LAYT row count agreeing with it: only the CELL size can
+  // n_tokens = 4e9 in META, and every LAYT row count agreeing with it: only the cells section can
   // tell, and it must, before 4e9 cells are allocated.
-  patched("META n_tokens 4e9 with matching LAYT row counts", [&](std::vector<uint8_t>& b) {
+  auto claim_4e9 = [&](std::vector<uint8_t>& b) {
     store_le<uint32_t>(b.data() + ss[0].payload() + 12, 4000000000u);
     fix_section(b, ss[0]);
     const size_t layers = load_le<uint32_t>(b.data() + ss[2].payload());
@@ -311,6 +311,18 @@ TEST_F(StateCorruption, ClaimedCountsAreRefusedBeforeAllocating) {
       for (uint32_t si = 0; si < n_streams; ++si, o += 32) store_le<uint64_t>(b.data() + o + 24, 4000000000u);
     }
     fix_section(b, ss[2]);
+  };
+  patched("META n_tokens 4e9 with matching LAYT row counts", claim_4e9);
+  ASSERT_EQ(tag_str(ss[3].tag), "CEL2");
+  patched("META, LAYT and CEL2 n_cells 4e9 (one run of 4e9)", [&](std::vector<uint8_t>& b) {
+    claim_4e9(b);
+    store_le<uint32_t>(b.data() + ss[3].payload(), 4000000000u);
+    store_le<uint32_t>(b.data() + ss[3].payload() + 8 + 4, 4000000000u);
+    fix_section(b, ss[3]);
+  });
+  patched("CEL2 n_runs 4e9", [&](std::vector<uint8_t>& b) {
+    store_le<uint32_t>(b.data() + ss[3].payload() + 4, 4000000000u);
+    fix_section(b, ss[3]);
   });
   patched("LAYT row count 1e12", [&](std::vector<uint8_t>& b) {
     store_le<uint64_t>(b.data() + ss[2].payload() + 4 + 4 + 24, kTrillion);
@@ -321,7 +333,7 @@ TEST_F(StateCorruption, ClaimedCountsAreRefusedBeforeAllocating) {
     fix_section(b, ss[0]);
   });
   patched("KVDT frame of 1e12 bytes", [&](std::vector<uint8_t>& b) { store_le<uint64_t>(b.data() + ss[4].frame + 8, kTrillion); });
-  patched("CELL frame of 1e12 bytes", [&](std::vector<uint8_t>& b) { store_le<uint64_t>(b.data() + ss[3].frame + 8, kTrillion); });
+  patched("CEL2 frame of 1e12 bytes", [&](std::vector<uint8_t>& b) { store_le<uint64_t>(b.data() + ss[3].frame + 8, kTrillion); });
   patched("header: 1e12 file bytes", [&](std::vector<uint8_t>& b) {
     store_le<uint64_t>(b.data() + 24, kTrillion);
     fix_header(b);
@@ -551,7 +563,7 @@ TEST_F(StateMessages, UnsupportedMajorVersionAndWrongKind) {
   auto r = load_seq(ctx_->cache(), 3, b);
   ASSERT_FALSE(r.is_ok());
   EXPECT_EQ(r.status().code(), StatusCode::Unsupported);
-  EXPECT_TRUE(has(r.status().message(), "version 2.0 is not supported")) << r.status().message();
+  EXPECT_TRUE(has(r.status().message(), "version 2." + std::to_string(statefmt::kMinor) + " is not supported")) << r.status().message();
   MemSource s2(b.data(), b.size());
   EXPECT_EQ(state_inspect(s2).status().code(), StatusCode::Unsupported);
 
@@ -600,11 +612,11 @@ class StateCompat : public StateCorruption {};
 
 TEST_F(StateCompat, UnknownOptionalSectionOfANewerMinorIsSkipped) {
   const std::vector<uint8_t> payload = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13};
-  const std::vector<uint8_t> b = insert_section(file_, "XTRA", 0, payload, 1);
+  const std::vector<uint8_t> b = insert_section(file_, "XTRA", 0, payload, statefmt::kMinor + 1);
   MemSource src(b.data(), b.size());
   auto info = state_inspect(src);
   ASSERT_TRUE(info.is_ok()) << info.status().to_string();
-  EXPECT_EQ(info->minor, 1);
+  EXPECT_EQ(info->minor, statefmt::kMinor + 1);
   EXPECT_EQ(info->unknown_sections, std::vector<std::string>{"XTRA"});
   auto r = load_seq(ctx_->cache(), 3, b);
   ASSERT_TRUE(r.is_ok()) << r.status().to_string();
@@ -621,7 +633,7 @@ TEST_F(StateCompat, UnknownOptionalSectionOfANewerMinorIsSkipped) {
         ASSERT_EQ(0, std::memcmp(ctx_->cache().row(il, si, a[i]), ctx_->cache().row(il, si, c[i]),
                                  ctx_->cache().layout().layer(il).streams[si].row_bytes));
   // An empty unknown section, and one inserted with a wrong checksum (refused).
-  EXPECT_TRUE(load_seq(ctx_->cache(), 4, insert_section(file_, "ZERO", 0, {}, 3)).is_ok());
+  EXPECT_TRUE(load_seq(ctx_->cache(), 4, insert_section(file_, "ZERO", 0, {}, statefmt::kMinor + 2)).is_ok());
   std::vector<uint8_t> bad = b;
   bad[sections(b)[sections(b).size() - 2].payload()] ^= 0xff;
   auto rb = load_seq(ctx_->cache(), 5, bad);
@@ -675,7 +687,7 @@ TEST_F(StateCompat, LogitsAnnouncedButMissingOrDuplicatedAreRefused) {
   EXPECT_TRUE(has(r.status().message(), "LOGT")) << r.status().message();
   // Two LOGT sections.
   std::vector<uint8_t> payload(file_.begin() + static_cast<std::ptrdiff_t>(lg.payload()), file_.begin() + static_cast<std::ptrdiff_t>(lg.trailer()));
-  auto r2 = load_seq(ctx_->cache(), 3, insert_section(file_, "LOGT", 0, payload, 0));
+  auto r2 = load_seq(ctx_->cache(), 3, insert_section(file_, "LOGT", 0, payload, statefmt::kMinor));
   ASSERT_FALSE(r2.is_ok());
   EXPECT_TRUE(has(r2.status().message(), "LOGT")) << r2.status().message();
   EXPECT_TRUE(snapshot(ctx_->cache()) == before_);

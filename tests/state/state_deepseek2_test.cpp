@@ -150,18 +150,19 @@ class StateDeepseek2 : public ::testing::Test {
     return file;
   }
 
-  // file = fixed part + n x (16 B cell record + n_layer x latent row bytes), where the fixed part
-  // (header, sections, logits) is the same for every type and length; measured once, from the
-  // first file seen, and bounded by docs/state-format.md §7 (under 1 KiB + 4 x n_vocab).
+  // file = fixed part + n x (4 B token + n_layer x latent row bytes), where the fixed part
+  // (header, sections, CEL2 counts and its one run: one sequence from position 0, logits) is
+  // the same for every type and length; measured once, from the first file seen, and bounded by
+  // docs/state-format.md §7 (under 1 KiB + 4 x n_vocab for this 2-layer model).
   void check_size(DType t, int n, size_t got, const std::string& what) {
-    const size_t per_token = 16 + kLayers * latent_row_bytes(t);
+    const size_t per_token = 4 + kLayers * latent_row_bytes(t);
     ASSERT_GT(got, size_t(n) * per_token) << what;
     const size_t fixed = got - size_t(n) * per_token;
     EXPECT_LT(fixed, 1024 + 4 * model_->hparams().n_vocab) << what;
     if (fixed_ == 0) fixed_ = fixed;
-    // Equal fixed parts across types and lengths pin the per-token bytes to exactly the cell
-    // record plus n_layer latent rows.
-    EXPECT_EQ(fixed, fixed_) << what << ": the size is not fixed part + n x (cell + latent rows)";
+    // Equal fixed parts across types and lengths pin the per-token bytes to exactly the token id
+    // plus n_layer latent rows, and the cells to one run.
+    EXPECT_EQ(fixed, fixed_) << what << ": the size is not fixed part + n x (token + latent rows)";
   }
 
   static inline Model* model_ = nullptr;

@@ -358,17 +358,20 @@ TEST(StateSize, FileSizeFollowsFromTheHyperparameters) {
     for (uint32_t n : {1u, 31u, 100u}) {
       auto c = stories_cache(128, t);
       fill_cells(*c, 4, 0, n, 3);
+      for (uint16_t minor : {1, 0})
       for (bool with_logits : {false, true}) {
-        SCOPED_TRACE(std::string(dtype_name(t)) + " n=" + std::to_string(n) + (with_logits ? " with logits" : ""));
+        SCOPED_TRACE(std::string(dtype_name(t)) + " n=" + std::to_string(n) + (with_logits ? " with logits" : "") + " format 1." + std::to_string(minor));
         const uint64_t meta = 8 + 4 + 4 + 4 + 4 + 2 + writer.size();
         const uint64_t model = 4 * 8 + 4 + 2 + fp.arch.size() + 2 + fp.name.size();
         const uint64_t layout = 4 + uint64_t(hp.n_layer) * (4 + 2 * 32);
-        const uint64_t cells = 4 + 16 * uint64_t(n);
+        // 1.1: CEL2, one run (positions 0..n-1) and 4 bytes per cell; 1.0: CELL, 16 bytes per cell.
+        const uint64_t cells = minor == 1 ? 8 + 16 * 1 + 4 * uint64_t(n) : 4 + 16 * uint64_t(n);
         const uint64_t kv = uint64_t(hp.n_layer) * 2 * (24 + 8 + row_bytes * n);
         const uint64_t logt = with_logits ? 24 + 4 * uint64_t(hp.n_vocab) : 0;
         const uint64_t want = 64 + (24 + meta) + (24 + model) + (24 + layout) + (24 + cells) + kv + logt + 24;
         StateSaveOptions o;
         o.durable = false;
+        o.format_minor = minor;
         if (with_logits) {
           o.logits = logits.data();
           o.n_logits = hp.n_vocab;
@@ -389,6 +392,7 @@ TEST(StateSize, FileSizeFollowsFromTheHyperparameters) {
         auto info = state_inspect(src);
         ASSERT_TRUE(info.is_ok()) << info.status().to_string();
         EXPECT_EQ(info->writer, writer);
+        EXPECT_EQ(info->minor, minor);
         EXPECT_EQ(info->kv_bytes, uint64_t(hp.n_layer) * 2 * row_bytes * n);
         EXPECT_EQ(info->n_logits, with_logits ? hp.n_vocab : 0u);
       }
