@@ -73,13 +73,19 @@ struct MlaMoeScratch {
   std::vector<GemmTask> tasks;  // per-head / per-expert products of one matmul_tasks call
 };
 
+// Queries of one attention call: tokens [i0, i0 + n_tok) (one sequence) x heads [h0, h0 + n_head)
+// (all in KV head g's group).
+struct AttnWork {
+  int32_t i0, n_tok, h0, n_head, g;
+};
+
 struct ForwardScratch {
   int32_t n_ub = 0;  // max tokens per micro-batch
   std::vector<float> x, xn, q, k, v, attn, ff_a, ff_b, out;  // activations
   std::vector<uint8_t> acts;                                  // quantized activations
   std::vector<float> rope_cs;                                 // [n_ub, n_rot] cos/sin pairs
-  std::vector<float> scores;                                  // [n_threads, n_cells]
-  // Query head rows converted to the K row's vec_dot_type (quantized K caches only):
+  std::vector<float> scores;                                  // deepseek2: [n_threads, n_cells]
+  // deepseek2: query rows converted to the K row's vec_dot_type (quantized K caches only):
   // [n_threads, q_dot_stride] bytes, one (token, head) at a time per thread.
   std::vector<uint8_t> q_dot;
   size_t q_dot_stride = 0;
@@ -89,6 +95,11 @@ struct ForwardScratch {
   std::vector<std::vector<uint32_t>> seq_cells;               // [kMaxSeqs] cells sorted by pos
   std::vector<std::vector<int32_t>> seq_pos;                  // [kMaxSeqs] their positions
   std::vector<int32_t> out_rows;                              // rows that want logits
+  // Tiled attention (llama): one work item per (KV head, token tile, head chunk) of a micro-batch.
+  std::vector<AttnWork> attn_work;                            // [<= n_ub * n_head]
+  std::vector<int32_t> attn_n_vis;                            // [n_ub] keys visible to each token
+  std::vector<uint8_t> attn_scratch;                          // [n_threads, attn_scratch_stride] + 64 for alignment
+  size_t attn_scratch_stride = 0;                             // AttnScratchLayout bytes, rounded to 64
   MlaPath mla_path = MlaPath::Absorbed;                       // deepseek2 only
   MlaMoeScratch mla;                                          // deepseek2 only
 };
