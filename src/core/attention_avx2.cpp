@@ -198,22 +198,28 @@ void load_v_row(DType t, const uint8_t* vr, int32_t hd, float* o) {
 // 8i .. 8i + 7, each lane the fma chain over d = 0 .. hd - 1.
 template <int NQ>
 inline void scores_float(const float* kf, int32_t hd, const float* const* q, __m256 s[][4]) {
+  // Local accumulators (copied out at the end) stay in registers: 4 * NQ independent fma chains.
+  __m256 a[NQ][4];
   #pragma GCC unroll 2
   for (int n = 0; n < NQ; ++n)
     #pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) s[n][i] = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) a[n][i] = _mm256_setzero_ps();
   for (int32_t d = 0; d < hd; ++d) {
     const float* kr = kf + size_t(d) * kT;
     const __m256 k0 = _mm256_load_ps(kr), k1 = _mm256_load_ps(kr + 8), k2 = _mm256_load_ps(kr + 16), k3 = _mm256_load_ps(kr + 24);
     #pragma GCC unroll 2
     for (int n = 0; n < NQ; ++n) {
       const __m256 qd = _mm256_broadcast_ss(q[n] + d);
-      s[n][0] = _mm256_fmadd_ps(qd, k0, s[n][0]);
-      s[n][1] = _mm256_fmadd_ps(qd, k1, s[n][1]);
-      s[n][2] = _mm256_fmadd_ps(qd, k2, s[n][2]);
-      s[n][3] = _mm256_fmadd_ps(qd, k3, s[n][3]);
+      a[n][0] = _mm256_fmadd_ps(qd, k0, a[n][0]);
+      a[n][1] = _mm256_fmadd_ps(qd, k1, a[n][1]);
+      a[n][2] = _mm256_fmadd_ps(qd, k2, a[n][2]);
+      a[n][3] = _mm256_fmadd_ps(qd, k3, a[n][3]);
     }
   }
+  #pragma GCC unroll 2
+  for (int n = 0; n < NQ; ++n)
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) s[n][i] = a[n][i];
 }
 
 // Eight int32 vectors -> one vector of their eight lane sums (exact integer adds).
@@ -262,7 +268,8 @@ inline void softmax_update(__m256 s[4], int32_t jn, float scale, const float* vt
     mx = _mm256_max_ps(mx, s[i]);
   }
   const float m_new = std::max(*m, hmax(mx));
-  const float alpha = *m == -std::numeric_limits<float>::infinity() ? 0.0f : attn_exp_ref(*m - m_new);
+  // exp8 lane 0 is attn_exp_ref(*m - m_new), computed here with the FMA unit instead of a libm call.
+  const float alpha = *m == -std::numeric_limits<float>::infinity() ? 0.0f : _mm256_cvtss_f32(exp8(_mm256_set1_ps(*m - m_new)));
   const __m256 mv = _mm256_set1_ps(m_new);
   __m256 pv[4];
   for (int i = 0; i < 4; ++i) {
@@ -273,7 +280,22 @@ inline void softmax_update(__m256 s[4], int32_t jn, float scale, const float* vt
   *l = std::fma(*l, alpha, tsum);
   *m = m_new;
   const __m256 av = _mm256_set1_ps(alpha);
+  // Output fma chains over the keys, 64 then 8 elements at a time: 8 independent chains hide
+  // the fma latency; every element's operations are the same whichever chunk it falls in.
   int32_t d = 0;
+  for (; d + 64 <= hd; d += 64) {
+    __m256 a[8];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a[i] = _mm256_mul_ps(_mm256_loadu_ps(o + d + 8 * i), av);
+    for (int32_t j = 0; j < jn; ++j) {
+      const __m256 pj = _mm256_broadcast_ss(p + j);
+      const float* vr = vt + size_t(j) * hd + d;
+      #pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * i), a[i]);
+    }
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(o + d + 8 * i, a[i]);
+  }
   for (; d + 32 <= hd; d += 32) {
     __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(o + d), av), a1 = _mm256_mul_ps(_mm256_loadu_ps(o + d + 8), av);
     __m256 a2 = _mm256_mul_ps(_mm256_loadu_ps(o + d + 16), av), a3 = _mm256_mul_ps(_mm256_loadu_ps(o + d + 24), av);
