@@ -257,7 +257,9 @@ inline void scores_quant(const int8_t* kq, const float* dk, const int8_t* qr, co
 }
 
 // Online-softmax update of one query with raw scores s (keys >= jn ignored): m, l, o.
-inline void softmax_update(__m256 s[4], int32_t jn, float scale, const float* vt, int32_t hd, float* p, float* m, float* l, float* o) {
+// vt rows are vre floats apart; the values are v_dim floats starting at vt (already offset).
+inline void softmax_update(__m256 s[4], int32_t jn, float scale, const float* vt, int32_t vre, int32_t v_dim, float* p, float* m, float* l, float* o) {
+  const int32_t hd = v_dim;
   const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   const __m256 sc = _mm256_set1_ps(scale);
@@ -289,7 +291,7 @@ inline void softmax_update(__m256 s[4], int32_t jn, float scale, const float* vt
     for (int i = 0; i < 8; ++i) a[i] = _mm256_mul_ps(_mm256_loadu_ps(o + d + 8 * i), av);
     for (int32_t j = 0; j < jn; ++j) {
       const __m256 pj = _mm256_broadcast_ss(p + j);
-      const float* vr = vt + size_t(j) * hd + d;
+      const float* vr = vt + size_t(j) * vre + d;
       #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * i), a[i]);
     }
@@ -301,7 +303,7 @@ inline void softmax_update(__m256 s[4], int32_t jn, float scale, const float* vt
     __m256 a2 = _mm256_mul_ps(_mm256_loadu_ps(o + d + 16), av), a3 = _mm256_mul_ps(_mm256_loadu_ps(o + d + 24), av);
     for (int32_t j = 0; j < jn; ++j) {
       const __m256 pj = _mm256_broadcast_ss(p + j);
-      const float* vr = vt + size_t(j) * hd + d;
+      const float* vr = vt + size_t(j) * vre + d;
       a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr), a0);
       a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8), a1);
       a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 16), a2);
@@ -314,12 +316,12 @@ inline void softmax_update(__m256 s[4], int32_t jn, float scale, const float* vt
   }
   for (; d + 8 <= hd; d += 8) {
     __m256 a = _mm256_mul_ps(_mm256_loadu_ps(o + d), av);
-    for (int32_t j = 0; j < jn; ++j) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(vt + size_t(j) * hd + d), a);
+    for (int32_t j = 0; j < jn; ++j) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(vt + size_t(j) * vre + d), a);
     _mm256_storeu_ps(o + d, a);
   }
   for (; d < hd; ++d) {
     float x = o[d] * alpha;
-    for (int32_t j = 0; j < jn; ++j) x = std::fma(p[j], vt[size_t(j) * hd + d], x);
+    for (int32_t j = 0; j < jn; ++j) x = std::fma(p[j], vt[size_t(j) * vre + d], x);
     o[d] = x;
   }
 }
@@ -327,8 +329,8 @@ inline void softmax_update(__m256 s[4], int32_t jn, float scale, const float* vt
 template <DType KW>
 void attn_group_impl(const AttnGroup& g) {
   constexpr bool kQuantK = KW == DType::Q8_0;  // stands for every quantized K type (Q8_0, Q4_0, Q8_KV)
-  const int32_t hd = g.head_dim, nh = g.n_head, nq = g.n_tok * g.n_head;
-  const AttnScratchLayout sl(hd, nq);
+  const int32_t hd = g.head_dim, nh = g.n_head, nq = g.n_tok * g.n_head, vre = g.v_row_elems, vd = g.v_dim;
+  const AttnScratchLayout sl(hd, vre, nq);
   const int32_t hd_pad = sl.hd_pad;
   auto* kf = reinterpret_cast<float*>(g.scratch + sl.kf_off);
   auto* kq = reinterpret_cast<int8_t*>(g.scratch + sl.kq_off);
@@ -342,7 +344,7 @@ void attn_group_impl(const AttnGroup& g) {
   auto* p = reinterpret_cast<float*>(g.scratch + sl.p_off);
   const int32_t n_sb = g.k_type == DType::Q8_KV ? 1 : hd_pad / kQK8_0;
   auto qrow = [&](int32_t qi) { return g.q + (qi / nh) * g.q_tok_stride + size_t(qi % nh) * hd; };
-  auto orow = [&](int32_t qi) { return g.out + (qi / nh) * g.out_tok_stride + size_t(qi % nh) * hd; };
+  auto orow = [&](int32_t qi) { return g.out + (qi / nh) * g.out_tok_stride + size_t(qi % nh) * vd; };
 
   int32_t max_vis = 0;
   for (int32_t t = 0; t < g.n_tok; ++t) max_vis = std::max(max_vis, g.n_vis[t]);
@@ -350,7 +352,7 @@ void attn_group_impl(const AttnGroup& g) {
   for (int32_t qi = 0; qi < nq; ++qi) {
     m[qi] = -std::numeric_limits<float>::infinity();
     l[qi] = 0.0f;
-    std::fill_n(orow(qi), hd, 0.0f);
+    std::fill_n(orow(qi), vd, 0.0f);
     if constexpr (kQuantK) {
       // This query alone, converted once by this kernel set's quantizer (as dot_row_q's callers do).
       int8_t* qi8 = qq + size_t(qi) * hd_pad;
@@ -374,7 +376,8 @@ void attn_group_impl(const AttnGroup& g) {
     const int32_t kn = std::min(kT, max_vis - k0);
     if constexpr (kQuantK) load_k_quant(g, sl, k0, kn, kq, dk);
     else load_k_float<KW>(g, k0, kn, kf);
-    for (int32_t j = 0; j < kn; ++j) load_v_row(g.v_type, g.v + size_t(g.cells[k0 + j]) * g.v_cell_bytes, hd, vt + size_t(j) * hd);
+    for (int32_t j = 0; j < kn; ++j) load_v_row(g.v_type, g.v + size_t(g.cells[k0 + j]) * g.v_cell_bytes, vre, vt + size_t(j) * vre);
+    const float* vals = vt + g.v_elem0;
 
     int32_t qi = 0;
     auto jn_of = [&](int32_t q) { return std::min(kn, g.n_vis[q / nh] - k0); };
@@ -389,18 +392,18 @@ void attn_group_impl(const AttnGroup& g) {
           const float* qs[2] = {qrow(qi), qrow(qi + 1)};
           __m256 s[2][4];
           scores_float<2>(kf, hd, qs, s);
-          for (int n = 0; n < 2; ++n) softmax_update(s[n], jn_of(qi + n), g.scale, vt, hd, p, &m[qi + n], &l[qi + n], orow(qi + n));
+          for (int n = 0; n < 2; ++n) softmax_update(s[n], jn_of(qi + n), g.scale, vals, vre, vd, p, &m[qi + n], &l[qi + n], orow(qi + n));
           qi += 2;
           continue;
         }
         const float* qs[1] = {qrow(qi)};
         __m256 s[1][4];
         scores_float<1>(kf, hd, qs, s);
-        softmax_update(s[0], jn_of(qi), g.scale, vt, hd, p, &m[qi], &l[qi], orow(qi));
+        softmax_update(s[0], jn_of(qi), g.scale, vals, vre, vd, p, &m[qi], &l[qi], orow(qi));
       } else {
         __m256 s[4];
         scores_quant(kq, dk, qq + size_t(qi) * hd_pad, dq + size_t(qi) * n_sb, hd_pad, n_sb, s);
-        softmax_update(s, jn_of(qi), g.scale, vt, hd, p, &m[qi], &l[qi], orow(qi));
+        softmax_update(s, jn_of(qi), g.scale, vals, vre, vd, p, &m[qi], &l[qi], orow(qi));
       }
       ++qi;
     }
@@ -411,8 +414,8 @@ void attn_group_impl(const AttnGroup& g) {
     float* o = orow(qi);
     const __m256 iv = _mm256_set1_ps(inv);
     int32_t d = 0;
-    for (; d + 8 <= hd; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), iv));
-    for (; d < hd; ++d) o[d] *= inv;
+    for (; d + 8 <= vd; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), iv));
+    for (; d < vd; ++d) o[d] *= inv;
   }
 }
 

@@ -14,10 +14,18 @@ namespace {
 
 constexpr size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 
+float load_float(DType t, const uint8_t* row, int32_t i) {
+  switch (t) {
+    case DType::F16: return fp16_to_fp32(reinterpret_cast<const fp16_t*>(row)[i]);
+    case DType::BF16: return bf16_to_fp32(reinterpret_cast<const bf16_t*>(row)[i]);
+    default: return reinterpret_cast<const float*>(row)[i];
+  }
+}
+
 }  // namespace
 
-AttnScratchLayout::AttnScratchLayout(int32_t head_dim, int32_t n_queries) {
-  const size_t hd = size_t(head_dim), nq = size_t(n_queries), kt = size_t(kAttnKeyTile);
+AttnScratchLayout::AttnScratchLayout(int32_t head_dim, int32_t v_row_elems, int32_t n_queries) {
+  const size_t hd = size_t(head_dim), vre = size_t(v_row_elems), nq = size_t(n_queries), kt = size_t(kAttnKeyTile);
   hd_pad = static_cast<int32_t>((hd + kQK8_0 - 1) / kQK8_0 * kQK8_0);
   n_sb = hd_pad / kQK8_0;
   // The query as the quantizer writes it: Q8_0 blocks or one Q8_KV row, whichever is larger.
@@ -31,7 +39,7 @@ AttnScratchLayout::AttnScratchLayout(int32_t head_dim, int32_t n_queries) {
   kf_off = take(hd * kt * sizeof(float));
   kq_off = take(kt * size_t(hd_pad));
   dk_off = take(size_t(n_sb) * kt * sizeof(float));
-  vt_off = take(kt * hd * sizeof(float));
+  vt_off = take(kt * vre * sizeof(float));
   qq_off = take(nq * size_t(hd_pad));
   dq_off = take(nq * size_t(n_sb) * sizeof(float));
   qconv_off = take(qconv_bytes);
@@ -63,12 +71,13 @@ float attn_exp_ref(float x) {
 void attn_group_scalar(const AttnGroup& g) {
   constexpr int32_t kT = kAttnKeyTile;
   const int32_t hd = g.head_dim, nh = g.n_head, nq = g.n_tok * g.n_head;
-  const AttnScratchLayout sl(hd, nq);
+  const int32_t vre = g.v_row_elems, vd = g.v_dim;
+  const AttnScratchLayout sl(hd, vre, nq);
   const int32_t hd_pad = sl.hd_pad;
   auto* kf = reinterpret_cast<float*>(g.scratch + sl.kf_off);  // [hd, 32]
   auto* kq = reinterpret_cast<int8_t*>(g.scratch + sl.kq_off);  // [32, hd_pad]
   auto* dk = reinterpret_cast<float*>(g.scratch + sl.dk_off);  // [n_sb, 32]
-  auto* vt = reinterpret_cast<float*>(g.scratch + sl.vt_off);  // [32, hd]
+  auto* vt = reinterpret_cast<float*>(g.scratch + sl.vt_off);  // [32, vre]
   auto* qq = reinterpret_cast<int8_t*>(g.scratch + sl.qq_off);  // [nq, hd_pad]
   auto* dq = reinterpret_cast<float*>(g.scratch + sl.dq_off);  // [nq, n_sb]
   uint8_t* qconv = g.scratch + sl.qconv_off;
@@ -87,7 +96,7 @@ void attn_group_scalar(const AttnGroup& g) {
     const int32_t t = qi / nh, h = qi % nh;
     m[qi] = -std::numeric_limits<float>::infinity();
     l[qi] = 0.0f;
-    std::fill_n(g.out + t * g.out_tok_stride + size_t(h) * hd, hd, 0.0f);
+    std::fill_n(g.out + t * g.out_tok_stride + size_t(h) * vd, vd, 0.0f);
     if (!quant_k) continue;
     const float* qrow = g.q + t * g.q_tok_stride + size_t(h) * hd;
     int8_t* qi8 = qq + size_t(qi) * hd_pad;
@@ -113,11 +122,8 @@ void attn_group_scalar(const AttnGroup& g) {
     std::fill_n(dk, size_t(n_sb) * kT, 0.0f);
     for (int32_t j = 0; j < kn; ++j) {
       const uint8_t* kr = g.k + size_t(g.cells[k0 + j]) * g.k_cell_bytes;
-      float* vrow = vt + size_t(j) * hd;
       if (!quant_k) {
-        // Dequantized into key j's V slot first (overwritten below), then transposed.
-        dequantize_row_ref(g.k_type, kr, vrow, hd);
-        for (int32_t d = 0; d < hd; ++d) kf[size_t(d) * kT + j] = vrow[d];
+        for (int32_t d = 0; d < hd; ++d) kf[size_t(d) * kT + j] = load_float(g.k_type, kr, d);
       } else if (g.k_type == DType::Q8_KV) {
         std::memcpy(&dk[j], kr, sizeof(float));
         std::memcpy(kq + size_t(j) * hd_pad, kr + kQ8KvHeaderBytes, size_t(hd));
@@ -139,7 +145,7 @@ void attn_group_scalar(const AttnGroup& g) {
         }
       }
       // V: dequantized; a quantized element is scale * q (the same product the SIMD kernel forms).
-      dequantize_row_ref(g.v_type, g.v + size_t(g.cells[k0 + j]) * g.v_cell_bytes, vrow, hd);
+      dequantize_row_ref(g.v_type, g.v + size_t(g.cells[k0 + j]) * g.v_cell_bytes, vt + size_t(j) * vre, vre);
     }
 
     // ---- every query against the tile ----
@@ -175,10 +181,10 @@ void attn_group_scalar(const AttnGroup& g) {
       const float tsum = ((w[0] + w[4]) + (w[2] + w[6])) + ((w[1] + w[5]) + (w[3] + w[7]));
       l[qi] = std::fma(l[qi], alpha, tsum);
       m[qi] = m_new;
-      float* o = g.out + t * g.out_tok_stride + size_t(h) * hd;
-      for (int32_t d = 0; d < hd; ++d) {
+      float* o = g.out + t * g.out_tok_stride + size_t(h) * vd;
+      for (int32_t d = 0; d < vd; ++d) {
         float x = o[d] * alpha;
-        for (int32_t j = 0; j < jn; ++j) x = std::fma(p[j], vt[size_t(j) * hd + d], x);
+        for (int32_t j = 0; j < jn; ++j) x = std::fma(p[j], vt[size_t(j) * vre + g.v_elem0 + d], x);
         o[d] = x;
       }
     }
@@ -186,8 +192,8 @@ void attn_group_scalar(const AttnGroup& g) {
 
   for (int32_t qi = 0; qi < nq; ++qi) {
     const float inv = l[qi] > 0.0f ? 1.0f / l[qi] : 0.0f;
-    float* o = g.out + (qi / nh) * g.out_tok_stride + size_t(qi % nh) * hd;
-    for (int32_t d = 0; d < hd; ++d) o[d] *= inv;
+    float* o = g.out + (qi / nh) * g.out_tok_stride + size_t(qi % nh) * vd;
+    for (int32_t d = 0; d < vd; ++d) o[d] *= inv;
   }
 }
 

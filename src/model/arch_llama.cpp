@@ -1,7 +1,6 @@
 // Architecture `llama`: loading, cache geometry and the forward pass.
 // Shapes are [n_tokens, features] with features contiguous (docs/design.md).
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -134,36 +133,6 @@ void rope_apply(float* x, int32_t n_heads, int32_t head_dim, int32_t n_rot, cons
 using layer_ops::rms_norm;
 using layer_ops::silu;
 
-// Tokens per attention call: with a GQA group of 8 heads, every K/V row loaded into a tile serves
-// up to 64 queries.
-constexpr int32_t kAttnTokTile = 8;
-
-// Splits the micro-batch's attention into calls (AttnWork): runs of up to kAttnTokTile consecutive
-// tokens of one sequence, per KV head; when that gives fewer calls than threads, each group's heads
-// are split into chunks. Calls are listed longest-context first for the dynamic schedule. How the
-// queries are grouped never changes a result (attention.h: batch invariance).
-void plan_attention(const UBatch& ub, int32_t n_head, int32_t n_head_kv, int n_threads, std::vector<AttnWork>* work) {
-  const int32_t gqa = n_head / n_head_kv;
-  int32_t n_tiles = 0;
-  for (int32_t i = 0; i < ub.n;) {
-    int32_t e = i + 1;
-    while (e < ub.n && e - i < kAttnTokTile && ub.seq[e] == ub.seq[i]) ++e;
-    ++n_tiles;
-    i = e;
-  }
-  int32_t chunk = gqa;
-  while (chunk > 1 && int64_t(n_head_kv) * n_tiles * ((gqa + chunk - 1) / chunk) < n_threads) chunk = (chunk + 1) / 2;
-  work->clear();
-  for (int32_t i = 0; i < ub.n;) {
-    int32_t e = i + 1;
-    while (e < ub.n && e - i < kAttnTokTile && ub.seq[e] == ub.seq[i]) ++e;
-    for (int32_t g = 0; g < n_head_kv; ++g)
-      for (int32_t h = 0; h < gqa; h += chunk) work->push_back({i, e - i, g * gqa + h, std::min(chunk, gqa - h), g});
-    i = e;
-  }
-  std::reverse(work->begin(), work->end());
-}
-
 }  // namespace
 
 void forward_scratch_init_llama(const Model& model, int32_t n_ub, uint32_t n_cells, int n_threads, ForwardScratch* s) {
@@ -184,13 +153,7 @@ void forward_scratch_init_llama(const Model& model, int32_t n_ub, uint32_t n_cel
   s->acts.assign(size_t(n_ub) * dtype_row_bytes(DType::Q8_0, max_cols_q8), 0);
   s->rope_cs.assign(size_t(n_ub) * hp.n_rot, 0.0f);
   const size_t nth = size_t(std::max(1, n_threads));
-  // Tiled attention: a call holds at most kAttnTokTile tokens x one GQA group of heads; each
-  // thread's scratch is 64-byte aligned inside attn_scratch.
-  const int32_t gqa = int32_t(hp.n_head / hp.n_head_kv);
-  s->attn_work.reserve(size_t(n_ub) * hp.n_head);
-  s->attn_n_vis.assign(size_t(n_ub), 0);
-  s->attn_scratch_stride = (AttnScratchLayout(int32_t(hp.head_dim), kAttnTokTile * gqa).total_bytes + 63) / 64 * 64;
-  s->attn_scratch.assign(nth * s->attn_scratch_stride + 64, 0);
+  attn_scratch_init(n_ub, n_threads, int32_t(hp.n_head), int32_t(hp.n_head_kv), int32_t(hp.head_dim), int32_t(hp.head_dim), s);
   s->kshift.assign(nth * (size_t(hp.head_dim) + hp.n_rot), 0.0f);
   s->shift_cells.reserve(n_cells);
   s->seq_cells.resize(KvCache::kMaxSeqs);
@@ -225,12 +188,7 @@ void forward_llama(const Model& model, KvCache& cache, ThreadPool& pool, const K
     s.seq_pos[sq].clear();
     for (uint32_t c : s.seq_cells[sq]) s.seq_pos[sq].push_back(cache.cell_pos(c));
   }
-  // Token i sees the prefix of its sequence's cells with position <= its own (causal mask).
-  for (int32_t i = 0; i < n; ++i) {
-    const auto& pos = s.seq_pos[ub.seq[i]];
-    s.attn_n_vis[size_t(i)] = static_cast<int32_t>(std::upper_bound(pos.begin(), pos.end(), ub.pos[i]) - pos.begin());
-  }
-  plan_attention(ub, n_head, n_head_kv, pool.n_threads(), &s.attn_work);
+  attn_plan(ub, n_head, n_head_kv, pool.n_threads(), s);
 
   for (uint32_t il = 0; il < hp.n_layer; ++il) {
     const LlamaLayer& L = model.layers()[il];
@@ -256,40 +214,22 @@ void forward_llama(const Model& model, KvCache& cache, ThreadPool& pool, const K
     }
 
     // A stream's rows lie back to back in the cache: row(il, si, c) = row(il, si, 0) + c * row_bytes.
-    const uint8_t* k_base = cache.row(il, 0, 0);
-    const uint8_t* v_base = cache.row(il, 1, 0);
-    uint8_t* scratch0 = s.attn_scratch.data() + (64 - reinterpret_cast<uintptr_t>(s.attn_scratch.data()) % 64) % 64;
-    std::atomic<int64_t> next_work{0};
-    const int64_t n_work = static_cast<int64_t>(s.attn_work.size());
-    auto attn_job = [&](int ith, int) {
-      AttnGroup ag;
-      ag.k_type = ks.dtype;
-      ag.v_type = vs.dtype;
-      ag.head_dim = hd;
-      ag.scale = scale;
-      ag.k_cell_bytes = ks.row_bytes;
-      ag.v_cell_bytes = vs.row_bytes;
-      ag.q_tok_stride = size_t(n_q);
-      ag.out_tok_stride = size_t(n_q);
-      ag.scratch = scratch0 + size_t(ith) * s.attn_scratch_stride;
-      for (int64_t wi; (wi = next_work.fetch_add(1, std::memory_order_relaxed)) < n_work;) {
-        const AttnWork& w = s.attn_work[size_t(wi)];
-        ag.k = k_base + size_t(w.g) * ks.group_bytes;
-        ag.v = v_base + size_t(w.g) * vs.group_bytes;
-        ag.cells = s.seq_cells[ub.seq[w.i0]].data();
-        ag.q = s.q.data() + size_t(w.i0) * n_q + size_t(w.h0) * hd;
-        ag.out = s.attn.data() + size_t(w.i0) * n_q + size_t(w.h0) * hd;
-        ag.n_tok = w.n_tok;
-        ag.n_head = w.n_head;
-        ag.n_vis = s.attn_n_vis.data() + w.i0;
-        k.attn(ag);
-      }
-    };
-    // Small attention work (short contexts, tiny models) runs on the caller: a dispatch would
-    // cost more than it saves. Queries are independent, so the result is the same either way.
-    const int64_t attn_macs = int64_t(n) * n_head * hd * int64_t(s.seq_cells[ub.seq[0]].size());
-    if (attn_macs < (int64_t(1) << 17)) attn_job(0, 1);
-    else pool.run(attn_job);
+    AttnGroup ag;
+    ag.k_type = ks.dtype;
+    ag.v_type = vs.dtype;
+    ag.head_dim = hd;
+    ag.v_row_elems = hd;
+    ag.v_dim = hd;
+    ag.scale = scale;
+    ag.k = cache.row(il, 0, 0);
+    ag.k_cell_bytes = ks.row_bytes;
+    ag.v = cache.row(il, 1, 0);
+    ag.v_cell_bytes = vs.row_bytes;
+    ag.q = s.q.data();
+    ag.q_tok_stride = size_t(n_q);
+    ag.out = s.attn.data();
+    ag.out_tok_stride = size_t(n_q);
+    attn_run(pool, k, s, ub, ag, ks.group_bytes, vs.group_bytes, int64_t(n) * n_head * hd * int64_t(s.seq_cells[ub.seq[0]].size()));
 
     a = prepare_acts(pool, k, act_type_for(L.wo.type), s.attn.data(), n, n_q, s.acts.data());
     matmul(pool, k, a, {{&L.wo, s.out.data(), n_embd}});

@@ -49,7 +49,6 @@ struct MlaMoeScratch {
   std::vector<float> lat_row;   // [n_rot + n_lora_kv] one cache row before conversion to the cache type
   std::vector<float> q_lat;     // absorbed: [n_ub, n_head, n_rot + n_lora_kv] queries in cache-row order
   std::vector<float> o_lat;     // absorbed: [n_ub, n_head, n_lora_kv] attention output in latent space
-  std::vector<float> acc;       // [n_threads, n_rot + n_lora_kv] per-thread accumulator (q8_KV rows)
   std::vector<uint8_t> acts2;   // [n_ub * n_head, q8_0 row of n_lora_kv] per-head activations
   std::vector<float> lat_rows;  // naive: [n_cells, n_rot + n_lora_kv] one sequence's rows, dequantized
   std::vector<uint8_t> lat_acts;  // naive: [n_cells, q8_0 row of n_lora_kv] their latent parts for q8 weights
@@ -84,11 +83,7 @@ struct ForwardScratch {
   std::vector<float> x, xn, q, k, v, attn, ff_a, ff_b, out;  // activations
   std::vector<uint8_t> acts;                                  // quantized activations
   std::vector<float> rope_cs;                                 // [n_ub, n_rot] cos/sin pairs
-  std::vector<float> scores;                                  // deepseek2: [n_threads, n_cells]
-  // deepseek2: query rows converted to the K row's vec_dot_type (quantized K caches only):
-  // [n_threads, q_dot_stride] bytes, one (token, head) at a time per thread.
-  std::vector<uint8_t> q_dot;
-  size_t q_dot_stride = 0;
+  std::vector<float> scores;                                  // deepseek2 naive path: [n_threads, n_cells]
   // K-shift: per thread one head row [head_dim] and its rope table [n_rot]: [n_threads, head_dim + n_rot].
   std::vector<float> kshift;
   std::vector<uint32_t> shift_cells;                          // [n_cells] cells with a pending shift

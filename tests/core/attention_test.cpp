@@ -25,6 +25,7 @@ bool type_fits(DType t, int32_t hd) { return hd % int32_t(dtype_traits(t).block_
 struct Case {
   DType kt, vt;
   int32_t hd, n_head, n_tok;
+  int32_t v_row_elems, v_elem0, v_dim;  // V values: [v_elem0, v_elem0 + v_dim) of a v_row_elems row
   size_t k_group_bytes, v_group_bytes;
   std::vector<uint8_t> k, v;   // [n_cells, 2 heads]
   std::vector<uint32_t> cells;  // key j -> cell
@@ -32,8 +33,10 @@ struct Case {
   std::vector<int32_t> n_vis;   // [n_tok]
 };
 
-Case make_case(DType kt, DType vt, int32_t hd, uint32_t seed) {
-  Case c{kt, vt, hd, 4, 0, dtype_row_bytes(kt, hd), dtype_row_bytes(vt, hd), {}, {}, {}, {}, {}};
+// mla: MLA-shaped, V is the part of the K row after its first 32 elements (vt ignored).
+Case make_case(DType kt, DType vt, int32_t hd, uint32_t seed, bool mla = false) {
+  if (mla) vt = kt;
+  Case c{kt, vt, hd, 4, 0, hd, mla ? 32 : 0, mla ? hd - 32 : hd, dtype_row_bytes(kt, hd), dtype_row_bytes(vt, hd), {}, {}, {}, {}, {}};
   // Visible counts around tile boundaries (32, 64, 96) and an empty one.
   c.n_vis = {1, 31, 32, 33, 0, 64, 65, 100, 7, 130};
   c.n_tok = static_cast<int32_t>(c.n_vis.size());
@@ -50,6 +53,7 @@ Case make_case(DType kt, DType vt, int32_t hd, uint32_t seed) {
       for (auto& x : row) x = nd(rng);
       quantize_row_ref(vt, row.data(), c.v.data() + (cell * 2 + h) * c.v_group_bytes, hd);
     }
+  if (mla) c.v = c.k;
   c.cells.resize(n_cells);
   std::iota(c.cells.begin(), c.cells.end(), 0u);
   std::shuffle(c.cells.begin(), c.cells.end(), rng);
@@ -60,12 +64,15 @@ Case make_case(DType kt, DType vt, int32_t hd, uint32_t seed) {
 
 // Runs tokens [t0, t1) x heads [h0, h1) in one call, writing into out [n_tok, n_head, hd].
 void run(const KernelSet& ks, const Case& c, int32_t t0, int32_t t1, int32_t h0, int32_t h1, float* out) {
-  const AttnScratchLayout sl(c.hd, (t1 - t0) * (h1 - h0));
+  const AttnScratchLayout sl(c.hd, c.v_row_elems, (t1 - t0) * (h1 - h0));
   std::vector<uint8_t> scratch(sl.total_bytes + 64);
   AttnGroup g;
   g.k_type = c.kt;
   g.v_type = c.vt;
   g.head_dim = c.hd;
+  g.v_row_elems = c.v_row_elems;
+  g.v_elem0 = c.v_elem0;
+  g.v_dim = c.v_dim;
   g.scale = 1.0f / std::sqrt(float(c.hd));
   g.k = c.k.data() + c.k_group_bytes;
   g.k_cell_bytes = 2 * c.k_group_bytes;
@@ -75,8 +82,9 @@ void run(const KernelSet& ks, const Case& c, int32_t t0, int32_t t1, int32_t h0,
   const size_t tok_stride = size_t(c.n_head) * c.hd;
   g.q = c.q.data() + size_t(t0) * tok_stride + size_t(h0) * c.hd;
   g.q_tok_stride = tok_stride;
-  g.out = out + size_t(t0) * tok_stride + size_t(h0) * c.hd;
-  g.out_tok_stride = tok_stride;
+  const size_t out_stride = size_t(c.n_head) * c.v_dim;
+  g.out = out + size_t(t0) * out_stride + size_t(h0) * c.v_dim;
+  g.out_tok_stride = out_stride;
   g.n_tok = t1 - t0;
   g.n_head = h1 - h0;
   g.n_vis = c.n_vis.data() + t0;
@@ -85,7 +93,7 @@ void run(const KernelSet& ks, const Case& c, int32_t t0, int32_t t1, int32_t h0,
 }
 
 std::vector<float> run_all(const KernelSet& ks, const Case& c) {
-  std::vector<float> out(c.q.size(), NAN);
+  std::vector<float> out(size_t(c.n_tok) * c.n_head * c.v_dim, NAN);
   run(ks, c, 0, c.n_tok, 0, c.n_head, out.data());
   return out;
 }
@@ -106,12 +114,12 @@ TEST(Kernels, BatchInvariantAttentionForEveryCacheType) {
           const Case c = make_case(kt, vt, hd, 7);
           const std::vector<float> all = run_all(*ks, c);
           // One query at a time (decode-like calls).
-          std::vector<float> one(c.q.size(), NAN);
+          std::vector<float> one(all.size(), NAN);
           for (int32_t t = 0; t < c.n_tok; ++t)
             for (int32_t h = 0; h < c.n_head; ++h) run(*ks, c, t, t + 1, h, h + 1, one.data());
           EXPECT_EQ(std::memcmp(all.data(), one.data(), all.size() * sizeof(float)), 0);
           // Other groupings: tokens 3 at a time, heads split 3 + 1.
-          std::vector<float> mixed(c.q.size(), NAN);
+          std::vector<float> mixed(all.size(), NAN);
           for (int32_t t = 0; t < c.n_tok; t += 3) {
             run(*ks, c, t, std::min(c.n_tok, t + 3), 0, 3, mixed.data());
             run(*ks, c, t, std::min(c.n_tok, t + 3), 3, 4, mixed.data());
@@ -124,8 +132,8 @@ TEST(Kernels, BatchInvariantAttentionForEveryCacheType) {
 // query is the one the kernel scores with: converted by the kernel set's quantizer, dequantized.
 std::vector<double> reference(const KernelSet& ks, const Case& c) {
   const int32_t hd = c.hd;
-  std::vector<double> out(c.q.size(), 0.0);
-  std::vector<float> qf(static_cast<size_t>(hd)), kr(qf.size()), vr(qf.size());
+  std::vector<double> out(size_t(c.n_tok) * c.n_head * c.v_dim, 0.0);
+  std::vector<float> qf(static_cast<size_t>(hd)), kr(qf.size()), vr(static_cast<size_t>(c.v_row_elems));
   std::vector<uint8_t> qconv(dtype_row_bytes(DType::Q8_KV, hd) + dtype_row_bytes(DType::F32, hd));
   const DType qt = vec_dot_type(c.kt);
   for (int32_t t = 0; t < c.n_tok; ++t)
@@ -150,10 +158,10 @@ std::vector<double> reference(const KernelSet& ks, const Case& c) {
       }
       double sum = 0;
       for (auto& x : s) sum += (x = std::exp(x - mx));
-      double* o = out.data() + (size_t(t) * c.n_head + h) * hd;
+      double* o = out.data() + (size_t(t) * c.n_head + h) * c.v_dim;
       for (int32_t j = 0; j < nv; ++j) {
-        dequantize_row_ref(c.vt, c.v.data() + (c.cells[size_t(j)] * 2 + 1) * c.v_group_bytes, vr.data(), hd);
-        for (int32_t e = 0; e < hd; ++e) o[e] += s[size_t(j)] / sum * vr[size_t(e)];
+        dequantize_row_ref(c.vt, c.v.data() + (c.cells[size_t(j)] * 2 + 1) * c.v_group_bytes, vr.data(), c.v_row_elems);
+        for (int32_t e = 0; e < c.v_dim; ++e) o[e] += s[size_t(j)] / sum * vr[size_t(c.v_elem0 + e)];
       }
     }
   return out;
@@ -173,7 +181,7 @@ TEST(Kernels, AttentionMatchesDoubleReference) {
           for (size_t i = 0; i < got.size(); ++i) max_err = std::max(max_err, std::fabs(got[i] - want[i]));
           EXPECT_LT(max_err, 3e-6);  // outputs are O(1); observed <= 1.6e-6: a few float ulps over 130 keys
           // A token that sees no key gets zeros.
-          for (int32_t e = 0; e < c.n_head * hd; ++e) EXPECT_EQ(got[4 * size_t(c.n_head) * hd + e], 0.0f);
+          for (int32_t e = 0; e < c.n_head * c.v_dim; ++e) EXPECT_EQ(got[4 * size_t(c.n_head) * c.v_dim + e], 0.0f);
         }
 }
 
@@ -189,6 +197,24 @@ TEST(Kernels, AttentionSimdEqualsScalarBitForBitForFloatKeys) {
         const std::vector<float> a = run_all(scalar_kernels(), c), b = run_all(*avx2_kernels(), c);
         EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
       }
+}
+
+// MLA-shaped (deepseek2 absorbed): V is the latent part of the K row itself, every cache type.
+TEST(Kernels, AttentionMlaShapedInvariantAndMatchesReference) {
+  for (const KernelSet* ks : kernel_sets())
+    for (DType kt : kCacheTypes) {
+      SCOPED_TRACE(std::string(ks->name) + " " + dtype_name(kt));
+      const Case c = make_case(kt, kt, 96, 17, true);
+      const std::vector<float> all = run_all(*ks, c);
+      std::vector<float> one(all.size(), NAN);
+      for (int32_t t = 0; t < c.n_tok; ++t)
+        for (int32_t h = 0; h < c.n_head; ++h) run(*ks, c, t, t + 1, h, h + 1, one.data());
+      EXPECT_EQ(std::memcmp(all.data(), one.data(), all.size() * sizeof(float)), 0);
+      const std::vector<double> want = reference(*ks, c);
+      double max_err = 0;
+      for (size_t i = 0; i < all.size(); ++i) max_err = std::max(max_err, std::fabs(all[i] - want[i]));
+      EXPECT_LT(max_err, 3e-6);
+    }
 }
 
 TEST(Kernels, AttentionExpIsAccurateAndExactAtZero) {
