@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/attention.h"
 #include "core/dtype.h"
 
 namespace kvstash {
@@ -93,6 +94,10 @@ struct KernelSet {
   // in vec_dot_type(t) (Q8_0 blocks for Q8_0 / Q4_0, one Q8_KV row for Q8_KV). Integer products per
   // block (Q8_0, Q4_0) or per row (Q8_KV) scaled by the product of the two scales.
   float (*dot_row_q)(DType t, const void* krow, const void* qrow, int64_t n);
+  // ---- tiled attention (attention.h) ----
+  // The queries of one KV head and one sequence against its visible keys, online softmax over
+  // fixed 32-key tiles; batch invariant per query. Any K/V cache type.
+  void (*attn)(const AttnGroup& g);
 };
 
 // The format a query row is converted to before dot_row_q with a cache row of type t:

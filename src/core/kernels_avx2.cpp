@@ -528,7 +528,7 @@ void store_row(DType t, const float* x, void* row, int64_t n) {
 
 const KernelSet kAvx2 = {
     "avx2", gemm<KindF<DType::F32>>, gemm<KindF<DType::F16>>, gemm<KindF<DType::BF16>>, gemm<KindQ8>, gemm<KindQ4>,
-    quantize_q8_0, dot_row, axpy_row, store_row, quantize_q8_kv, dot_row_q,
+    quantize_q8_0, dot_row, axpy_row, store_row, quantize_q8_kv, dot_row_q, attn_group_avx2,
 };
 
 // F16C is CPUID leaf 1, ECX bit 29: clang 14's __builtin_cpu_supports does not know "f16c".

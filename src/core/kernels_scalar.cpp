@@ -189,7 +189,7 @@ float dot_row_q(DType t, const void* krow, const void* qrow, int64_t n) {
 
 const KernelSet kScalar = {
     "scalar", gemm_float<DType::F32>, gemm_float<DType::F16>, gemm_float<DType::BF16>, gemm_q8_0, gemm_q4_0,
-    quantize_q8_0, dot_row, axpy_row, store_row, quantize_q8_kv, dot_row_q,
+    quantize_q8_0, dot_row, axpy_row, store_row, quantize_q8_kv, dot_row_q, attn_group_scalar,
 };
 
 }  // namespace

@@ -24,7 +24,9 @@ class KvCache {
   const KvLayout& layout() const { return layout_; }
   uint32_t n_cells() const { return layout_.n_cells(); }
 
-  // Row of `cell` in stream `si` (index into layout().layer(il).streams) of layer il.
+  // Row of `cell` in stream `si` (index into layout().layer(il).streams) of layer il. A stream's
+  // rows are stored back to back: row(il, si, c) == row(il, si, 0) + c * row_bytes (attention
+  // addresses cells from row 0).
   uint8_t* row(uint32_t il, uint32_t si, uint32_t cell) {
     return data_[il][si].get() + static_cast<size_t>(cell) * layout_.layer(il).streams[si].row_bytes;
   }

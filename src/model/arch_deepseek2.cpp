@@ -265,10 +265,6 @@ void forward_scratch_init_deepseek2(const Model& model, int32_t n_ub, uint32_t n
   s->acts.assign(nub * dtype_row_bytes(DType::Q8_0, r32(max_cols)), 0);
   s->rope_cs.assign(nub * hp.n_rot, 0.0f);
   s->scores.assign(nth * n_cells, 0.0f);
-  // One query row of the cache row's width as Q8_0 blocks or one q8_KV row, per thread.
-  const size_t q_dot_bytes = std::max(dtype_row_bytes(DType::Q8_0, r32(row)), dtype_row_bytes(DType::Q8_KV, row));
-  s->q_dot_stride = (q_dot_bytes + 63) / 64 * 64;
-  s->q_dot.assign(nth * s->q_dot_stride, 0);
   s->kshift.assign(nth * (row + hp.n_rot), 0.0f);
   s->shift_cells.reserve(n_cells);
   s->seq_cells.resize(KvCache::kMaxSeqs);
@@ -286,7 +282,8 @@ void forward_scratch_init_deepseek2(const Model& model, int32_t n_ub, uint32_t n
   if (s->mla_path == MlaPath::Absorbed) {
     m.q_lat.assign(nub * n_head * row, 0.0f);
     m.o_lat.assign(nub * n_head * n_kv, 0.0f);
-    m.acc.assign(nth * row, 0.0f);
+    // Tiled attention over the latent rows: one KV head, every query head in its group.
+    attn_scratch_init(n_ub, n_threads, int32_t(n_head), 1, int32_t(row), int32_t(row), s);
   } else {
     m.lat_rows.assign(size_t(n_cells) * row, 0.0f);
     m.lat_acts.assign(size_t(n_cells) * dtype_row_bytes(DType::Q8_0, r32(n_kv)), 0);
@@ -335,6 +332,7 @@ void forward_deepseek2(const Model& model, KvCache& cache, ThreadPool& pool, con
     s.seq_pos[sq].clear();
     for (uint32_t c : s.seq_cells[sq]) s.seq_pos[sq].push_back(cache.cell_pos(c));
   }
+  if (s.mla_path == MlaPath::Absorbed) attn_plan(ub, int32_t(hp.n_head), 1, pool.n_threads(), s);
 
   for (uint32_t il = 0; il < hp.n_layer; ++il) {
     const Deepseek2Layer& L = model.ds2_layers()[il];

@@ -153,13 +153,7 @@ void forward_scratch_init_llama(const Model& model, int32_t n_ub, uint32_t n_cel
   s->acts.assign(size_t(n_ub) * dtype_row_bytes(DType::Q8_0, max_cols_q8), 0);
   s->rope_cs.assign(size_t(n_ub) * hp.n_rot, 0.0f);
   const size_t nth = size_t(std::max(1, n_threads));
-  s->scores.assign(nth * n_cells, 0.0f);
-  // A query head row as Q8_0 blocks (head_dim a multiple of 32 whenever K is q8_0/q4_0) or as one
-  // q8_KV row; stride rounded up to 64 bytes so threads do not share cache lines.
-  const size_t hd32 = (size_t(hp.head_dim) + kQK8_0 - 1) / kQK8_0 * kQK8_0;
-  const size_t q_dot_bytes = std::max(dtype_row_bytes(DType::Q8_0, hd32), dtype_row_bytes(DType::Q8_KV, hp.head_dim));
-  s->q_dot_stride = (q_dot_bytes + 63) / 64 * 64;
-  s->q_dot.assign(nth * s->q_dot_stride, 0);
+  attn_scratch_init(n_ub, n_threads, int32_t(hp.n_head), int32_t(hp.n_head_kv), int32_t(hp.head_dim), int32_t(hp.head_dim), s);
   s->kshift.assign(nth * (size_t(hp.head_dim) + hp.n_rot), 0.0f);
   s->shift_cells.reserve(n_cells);
   s->seq_cells.resize(KvCache::kMaxSeqs);
@@ -194,6 +188,7 @@ void forward_llama(const Model& model, KvCache& cache, ThreadPool& pool, const K
     s.seq_pos[sq].clear();
     for (uint32_t c : s.seq_cells[sq]) s.seq_pos[sq].push_back(cache.cell_pos(c));
   }
+  attn_plan(ub, n_head, n_head_kv, pool.n_threads(), s);
 
   for (uint32_t il = 0; il < hp.n_layer; ++il) {
     const LlamaLayer& L = model.layers()[il];
@@ -218,52 +213,23 @@ void forward_llama(const Model& model, KvCache& cache, ThreadPool& pool, const K
       }
     }
 
-    const size_t k_group_bytes = ks.group_bytes, v_group_bytes = vs.group_bytes;
-    const DType q_dot_type = vec_dot_type(ks.dtype);
-    const int32_t gqa = n_head / n_head_kv;
-    auto attn_job = [&](int ith, int nth) {
-      int64_t p0, p1;
-      split_range(int64_t(n) * n_head, ith, nth, 1, &p0, &p1);
-      float* sc = s.scores.data() + size_t(ith) * cache.n_cells();
-      uint8_t* qconv = s.q_dot.data() + size_t(ith) * s.q_dot_stride;
-      for (int64_t p = p0; p < p1; ++p) {
-        const int32_t i = static_cast<int32_t>(p / n_head), h = static_cast<int32_t>(p % n_head), kvh = h / gqa;
-        const float* qh = s.q.data() + size_t(i) * n_q + size_t(h) * hd;
-        const auto& cells = s.seq_cells[ub.seq[i]];
-        const auto& pos = s.seq_pos[ub.seq[i]];
-        const size_t n_vis = static_cast<size_t>(std::upper_bound(pos.begin(), pos.end(), ub.pos[i]) - pos.begin());
-        float mx = -INFINITY;
-        if (q_dot_type == DType::F32) {
-          for (size_t j = 0; j < n_vis; ++j) {
-            sc[j] = k.dot_row(ks.dtype, cache.row(il, 0, cells[j]) + kvh * k_group_bytes, qh, hd) * scale;
-            mx = std::max(mx, sc[j]);
-          }
-        } else {
-          // Quantized K: this (token, head)'s query is converted once, by itself, so the result
-          // does not depend on the batch; then one integer dot per visible cell.
-          if (q_dot_type == DType::Q8_KV) k.quantize_row_q8_kv(qh, qconv, hd);
-          else k.quantize_row_q8_0(qh, qconv, hd);
-          for (size_t j = 0; j < n_vis; ++j) {
-            sc[j] = k.dot_row_q(ks.dtype, cache.row(il, 0, cells[j]) + kvh * k_group_bytes, qconv, hd) * scale;
-            mx = std::max(mx, sc[j]);
-          }
-        }
-        double sum = 0.0;
-        for (size_t j = 0; j < n_vis; ++j) {
-          sc[j] = std::exp(sc[j] - mx);
-          sum += sc[j];
-        }
-        float* o = s.attn.data() + size_t(i) * n_q + size_t(h) * hd;
-        std::fill(o, o + hd, 0.0f);
-        const float inv = sum > 0.0 ? static_cast<float>(1.0 / sum) : 0.0f;
-        for (size_t j = 0; j < n_vis; ++j) k.axpy_row(vs.dtype, cache.row(il, 1, cells[j]) + kvh * v_group_bytes, sc[j] * inv, o, hd);
-      }
-    };
-    // Small attention work (short contexts, tiny models) runs on the caller: a dispatch would
-    // cost more than it saves. Rows are independent, so the result is the same either way.
-    const int64_t attn_macs = int64_t(n) * n_head * hd * int64_t(s.seq_cells[ub.seq[0]].size());
-    if (attn_macs < (int64_t(1) << 17)) attn_job(0, 1);
-    else pool.run(attn_job);
+    // A stream's rows lie back to back in the cache: row(il, si, c) = row(il, si, 0) + c * row_bytes.
+    AttnGroup ag;
+    ag.k_type = ks.dtype;
+    ag.v_type = vs.dtype;
+    ag.head_dim = hd;
+    ag.v_row_elems = hd;
+    ag.v_dim = hd;
+    ag.scale = scale;
+    ag.k = cache.row(il, 0, 0);
+    ag.k_cell_bytes = ks.row_bytes;
+    ag.v = cache.row(il, 1, 0);
+    ag.v_cell_bytes = vs.row_bytes;
+    ag.q = s.q.data();
+    ag.q_tok_stride = size_t(n_q);
+    ag.out = s.attn.data();
+    ag.out_tok_stride = size_t(n_q);
+    attn_run(pool, k, s, ub, ag, ks.group_bytes, vs.group_bytes, int64_t(n) * n_head * hd * int64_t(s.seq_cells[ub.seq[0]].size()));
 
     a = prepare_acts(pool, k, act_type_for(L.wo.type), s.attn.data(), n, n_q, s.acts.data());
     matmul(pool, k, a, {{&L.wo, s.out.data(), n_embd}});

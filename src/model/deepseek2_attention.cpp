@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "core/matmul.h"
+#include "model/arch_forward.h"
 #include "model/deepseek2_ops.h"
 
 namespace kvstash::ds2 {
@@ -79,50 +80,27 @@ void attend_absorbed(const Model& m, uint32_t il, KvCache& cache, ThreadPool& po
       std::memcpy(ms.q_lat.data() + (size_t(i) * n_head + h) * row, s.q.data() + size_t(i) * n_q + size_t(h) * hd + nope,
                   sizeof(float) * n_rot);
 
+  // One KV head shared by every query head (MQA over the latent rows): the row is the key, its
+  // latent part (after the RoPE part) the value. The kernel decodes whole rows, so a q8_KV row's
+  // single scale needs no special case.
   const KvRowSpec& ls = cache.layout().layer(il).streams[0];
-  const DType q_dot_type = vec_dot_type(ls.dtype);
-  const size_t lat_off = ls.latent_offset_bytes;
-  const float scale = kq_scale(hp);
-  auto job = [&](int ith, int nth) {
-    int64_t p0, p1;
-    split_range(int64_t(n) * n_head, ith, nth, 1, &p0, &p1);
-    float* sc = s.scores.data() + size_t(ith) * cache.n_cells();
-    uint8_t* qconv = s.q_dot.data() + size_t(ith) * s.q_dot_stride;
-    float* acc = ms.acc.data() + size_t(ith) * row;
-    for (int64_t p = p0; p < p1; ++p) {
-      const int32_t i = static_cast<int32_t>(p / n_head);
-      const float* qrow = ms.q_lat.data() + size_t(p) * row;
-      const auto& cells = s.seq_cells[ub.seq[i]];
-      const auto& pos = s.seq_pos[ub.seq[i]];
-      const size_t n_vis = static_cast<size_t>(std::upper_bound(pos.begin(), pos.end(), ub.pos[i]) - pos.begin());
-      float mx = -INFINITY;
-      if (q_dot_type == DType::F32) {
-        for (size_t j = 0; j < n_vis; ++j) {
-          sc[j] = k.dot_row(ls.dtype, cache.row(il, 0, cells[j]), qrow, row) * scale;
-          mx = std::max(mx, sc[j]);
-        }
-      } else {
-        // Quantized rows: this (token, head)'s query is converted once, by itself (batch invariance).
-        if (q_dot_type == DType::Q8_KV) k.quantize_row_q8_kv(qrow, qconv, row);
-        else k.quantize_row_q8_0(qrow, qconv, row);
-        for (size_t j = 0; j < n_vis; ++j) {
-          sc[j] = k.dot_row_q(ls.dtype, cache.row(il, 0, cells[j]), qconv, row) * scale;
-          mx = std::max(mx, sc[j]);
-        }
-      }
-      const float inv = softmax_in_place(sc, n_vis, mx);
-      float* o = ms.o_lat.data() + size_t(p) * n_kv;
-      if (lat_off) {  // sum the latent parts only
-        std::fill(o, o + n_kv, 0.0f);
-        for (size_t j = 0; j < n_vis; ++j) k.axpy_row(ls.dtype, cache.row(il, 0, cells[j]) + lat_off, sc[j] * inv, o, n_kv);
-      } else {  // one scale spans the row (q8_KV): sum whole rows, keep the latent part
-        std::fill(acc, acc + row, 0.0f);
-        for (size_t j = 0; j < n_vis; ++j) k.axpy_row(ls.dtype, cache.row(il, 0, cells[j]), sc[j] * inv, acc, row);
-        std::memcpy(o, acc + n_rot, sizeof(float) * n_kv);
-      }
-    }
-  };
-  run_maybe(pool, int64_t(n) * n_head * row * int64_t(s.seq_cells[ub.seq[0]].size()), job);
+  AttnGroup ag;
+  ag.k_type = ls.dtype;
+  ag.v_type = ls.dtype;
+  ag.head_dim = row;
+  ag.v_row_elems = row;
+  ag.v_elem0 = n_rot;
+  ag.v_dim = n_kv;
+  ag.scale = kq_scale(hp);
+  ag.k = cache.row(il, 0, 0);  // rows lie back to back: row(il, 0, c) = row(il, 0, 0) + c * row_bytes
+  ag.k_cell_bytes = ls.row_bytes;
+  ag.v = ag.k;
+  ag.v_cell_bytes = ls.row_bytes;
+  ag.q = ms.q_lat.data();
+  ag.q_tok_stride = size_t(n_head) * row;
+  ag.out = ms.o_lat.data();
+  ag.out_tok_stride = size_t(n_head) * n_kv;
+  attn_run(pool, k, s, ub, ag, 0, 0, int64_t(n) * n_head * row * int64_t(s.seq_cells[ub.seq[0]].size()));
 
   // attn[i, h] = v_b_h o_lat[i, h]
   const HeadActs oa = head_acts(pool, k, act_type_for(L.v_b[0].type), ms.o_lat.data(), n, n_head, n_kv, 0, n_kv, ms.acts2.data());

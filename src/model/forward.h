@@ -49,7 +49,6 @@ struct MlaMoeScratch {
   std::vector<float> lat_row;   // [n_rot + n_lora_kv] one cache row before conversion to the cache type
   std::vector<float> q_lat;     // absorbed: [n_ub, n_head, n_rot + n_lora_kv] queries in cache-row order
   std::vector<float> o_lat;     // absorbed: [n_ub, n_head, n_lora_kv] attention output in latent space
-  std::vector<float> acc;       // [n_threads, n_rot + n_lora_kv] per-thread accumulator (q8_KV rows)
   std::vector<uint8_t> acts2;   // [n_ub * n_head, q8_0 row of n_lora_kv] per-head activations
   std::vector<float> lat_rows;  // naive: [n_cells, n_rot + n_lora_kv] one sequence's rows, dequantized
   std::vector<uint8_t> lat_acts;  // naive: [n_cells, q8_0 row of n_lora_kv] their latent parts for q8 weights
@@ -73,22 +72,29 @@ struct MlaMoeScratch {
   std::vector<GemmTask> tasks;  // per-head / per-expert products of one matmul_tasks call
 };
 
+// Queries of one attention call: tokens [i0, i0 + n_tok) (one sequence) x heads [h0, h0 + n_head)
+// (all in KV head g's group).
+struct AttnWork {
+  int32_t i0, n_tok, h0, n_head, g;
+};
+
 struct ForwardScratch {
   int32_t n_ub = 0;  // max tokens per micro-batch
   std::vector<float> x, xn, q, k, v, attn, ff_a, ff_b, out;  // activations
   std::vector<uint8_t> acts;                                  // quantized activations
   std::vector<float> rope_cs;                                 // [n_ub, n_rot] cos/sin pairs
-  std::vector<float> scores;                                  // [n_threads, n_cells]
-  // Query head rows converted to the K row's vec_dot_type (quantized K caches only):
-  // [n_threads, q_dot_stride] bytes, one (token, head) at a time per thread.
-  std::vector<uint8_t> q_dot;
-  size_t q_dot_stride = 0;
+  std::vector<float> scores;                                  // deepseek2 naive path: [n_threads, n_cells]
   // K-shift: per thread one head row [head_dim] and its rope table [n_rot]: [n_threads, head_dim + n_rot].
   std::vector<float> kshift;
   std::vector<uint32_t> shift_cells;                          // [n_cells] cells with a pending shift
   std::vector<std::vector<uint32_t>> seq_cells;               // [kMaxSeqs] cells sorted by pos
   std::vector<std::vector<int32_t>> seq_pos;                  // [kMaxSeqs] their positions
   std::vector<int32_t> out_rows;                              // rows that want logits
+  // Tiled attention (llama): one work item per (KV head, token tile, head chunk) of a micro-batch.
+  std::vector<AttnWork> attn_work;                            // [<= n_ub * n_head]
+  std::vector<int32_t> attn_n_vis;                            // [n_ub] keys visible to each token
+  std::vector<uint8_t> attn_scratch;                          // [n_threads, attn_scratch_stride] + 64 for alignment
+  size_t attn_scratch_stride = 0;                             // AttnScratchLayout bytes, rounded to 64
   MlaPath mla_path = MlaPath::Absorbed;                       // deepseek2 only
   MlaMoeScratch mla;                                          // deepseek2 only
 };

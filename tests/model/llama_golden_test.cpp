@@ -129,6 +129,48 @@ TEST(StoriesBatchInvariance, LogitsIdenticalAcrossBatchSplits) {
   }
 }
 
+// A prompt long enough to span several 32-key attention tiles, for every cache type stories260K's
+// head dim (8) admits: one micro-batch, token by token, and chunks of 7 in micro-batches of 5 on 3
+// threads give bit-identical logits at every position.
+TEST(StoriesBatchInvariance, LongPromptAcrossKeyTilesEveryCacheType) {
+  auto m = load_stories();
+  std::vector<int32_t> prompt;
+  while (prompt.size() < 100) {
+    const auto p = m->vocab().tokenize("Once upon a time, in a small town, there lived a little girl named Lily.", prompt.empty());
+    prompt.insert(prompt.end(), p.begin(), p.end());
+  }
+  const int32_t n = static_cast<int32_t>(prompt.size()), nv = static_cast<int32_t>(m->hparams().n_vocab);
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_KV}) {
+    SCOPED_TRACE(dtype_name(t));
+    auto all_logits = [&](int32_t ubatch, int32_t chunk, int threads) {
+      ContextParams cp;
+      cp.n_ctx = 256;
+      cp.n_ubatch = ubatch;
+      cp.n_batch = std::max(ubatch, chunk);
+      cp.n_threads = threads;
+      cp.type_k = t;
+      cp.type_v = t;
+      auto ctx = Context::create(*m, cp);
+      EXPECT_TRUE(ctx.is_ok());
+      std::vector<float> out;
+      for (int32_t i0 = 0; i0 < n; i0 += chunk) {
+        Batch b;
+        for (int32_t i = i0; i < std::min(n, i0 + chunk); ++i) b.add(prompt[i], i, 0, true);
+        EXPECT_TRUE((*ctx)->decode(b).is_ok());
+        for (int32_t k = 0; k < (*ctx)->n_outputs(); ++k) out.insert(out.end(), (*ctx)->logits(k), (*ctx)->logits(k) + nv);
+      }
+      return out;
+    };
+    const std::vector<float> ref = all_logits(512, n, 2);
+    ASSERT_EQ(ref.size(), size_t(n) * nv);
+    for (auto [ub, chunk, thr] : {std::tuple{1, 1, 1}, std::tuple{5, 7, 3}}) {
+      const std::vector<float> got = all_logits(ub, chunk, thr);
+      ASSERT_EQ(got.size(), ref.size());
+      EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0) << "ubatch " << ub << " chunk " << chunk << " threads " << thr;
+    }
+  }
+}
+
 // Two sequences in one batch give exactly the logits each gives alone.
 TEST(StoriesBatchInvariance, SequencesDoNotAffectEachOther) {
   auto m = load_stories();
