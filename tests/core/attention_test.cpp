@@ -104,28 +104,36 @@ std::vector<const KernelSet*> kernel_sets() {
   return v;
 }
 
-TEST(Kernels, BatchInvariantAttentionForEveryCacheType) {
+// fn(kernel set, case) for every kernel set, head dim (64, 40, 6) and K x V cache type pair the
+// head dim admits; `seed` picks the case's random values.
+template <typename F>
+void for_each_case(uint32_t seed, const F& fn) {
   for (const KernelSet* ks : kernel_sets())
     for (int32_t hd : {64, 40, 6})
       for (DType kt : kCacheTypes)
         for (DType vt : kCacheTypes) {
           if (!type_fits(kt, hd) || !type_fits(vt, hd)) continue;
           SCOPED_TRACE(std::string(ks->name) + " K " + dtype_name(kt) + " V " + dtype_name(vt) + " hd " + std::to_string(hd));
-          const Case c = make_case(kt, vt, hd, 7);
-          const std::vector<float> all = run_all(*ks, c);
-          // One query at a time (decode-like calls).
-          std::vector<float> one(all.size(), NAN);
-          for (int32_t t = 0; t < c.n_tok; ++t)
-            for (int32_t h = 0; h < c.n_head; ++h) run(*ks, c, t, t + 1, h, h + 1, one.data());
-          EXPECT_EQ(std::memcmp(all.data(), one.data(), all.size() * sizeof(float)), 0);
-          // Other groupings: tokens 3 at a time, heads split 3 + 1.
-          std::vector<float> mixed(all.size(), NAN);
-          for (int32_t t = 0; t < c.n_tok; t += 3) {
-            run(*ks, c, t, std::min(c.n_tok, t + 3), 0, 3, mixed.data());
-            run(*ks, c, t, std::min(c.n_tok, t + 3), 3, 4, mixed.data());
-          }
-          EXPECT_EQ(std::memcmp(all.data(), mixed.data(), all.size() * sizeof(float)), 0);
+          fn(*ks, make_case(kt, vt, hd, seed));
         }
+}
+
+TEST(Kernels, BatchInvariantAttentionForEveryCacheType) {
+  for_each_case(7, [](const KernelSet& ks, const Case& c) {
+    const std::vector<float> all = run_all(ks, c);
+    // One query at a time (decode-like calls).
+    std::vector<float> one(all.size(), NAN);
+    for (int32_t t = 0; t < c.n_tok; ++t)
+      for (int32_t h = 0; h < c.n_head; ++h) run(ks, c, t, t + 1, h, h + 1, one.data());
+    EXPECT_EQ(std::memcmp(all.data(), one.data(), all.size() * sizeof(float)), 0);
+    // Other groupings: tokens 3 at a time, heads split 3 + 1.
+    std::vector<float> mixed(all.size(), NAN);
+    for (int32_t t = 0; t < c.n_tok; t += 3) {
+      run(ks, c, t, std::min(c.n_tok, t + 3), 0, 3, mixed.data());
+      run(ks, c, t, std::min(c.n_tok, t + 3), 3, 4, mixed.data());
+    }
+    EXPECT_EQ(std::memcmp(all.data(), mixed.data(), all.size() * sizeof(float)), 0);
+  });
 }
 
 // Double-precision two-pass softmax over the dequantized keys and values. For quantized K, the
@@ -168,21 +176,15 @@ std::vector<double> reference(const KernelSet& ks, const Case& c) {
 }
 
 TEST(Kernels, AttentionMatchesDoubleReference) {
-  for (const KernelSet* ks : kernel_sets())
-    for (int32_t hd : {64, 40, 6})
-      for (DType kt : kCacheTypes)
-        for (DType vt : kCacheTypes) {
-          if (!type_fits(kt, hd) || !type_fits(vt, hd)) continue;
-          SCOPED_TRACE(std::string(ks->name) + " K " + dtype_name(kt) + " V " + dtype_name(vt) + " hd " + std::to_string(hd));
-          const Case c = make_case(kt, vt, hd, 11);
-          const std::vector<float> got = run_all(*ks, c);
-          const std::vector<double> want = reference(*ks, c);
-          double max_err = 0;
-          for (size_t i = 0; i < got.size(); ++i) max_err = std::max(max_err, std::fabs(got[i] - want[i]));
-          EXPECT_LT(max_err, 3e-6);  // outputs are O(1); observed <= 1.6e-6: a few float ulps over 130 keys
-          // A token that sees no key gets zeros.
-          for (int32_t e = 0; e < c.n_head * c.v_dim; ++e) EXPECT_EQ(got[4 * size_t(c.n_head) * c.v_dim + e], 0.0f);
-        }
+  for_each_case(11, [](const KernelSet& ks, const Case& c) {
+    const std::vector<float> got = run_all(ks, c);
+    const std::vector<double> want = reference(ks, c);
+    double max_err = 0;
+    for (size_t i = 0; i < got.size(); ++i) max_err = std::max(max_err, std::fabs(got[i] - want[i]));
+    EXPECT_LT(max_err, 3e-6);  // outputs are O(1); observed <= 1.6e-6: a few float ulps over 130 keys
+    // A token that sees no key gets zeros.
+    for (int32_t e = 0; e < c.n_head * c.v_dim; ++e) EXPECT_EQ(got[4 * size_t(c.n_head) * c.v_dim + e], 0.0f);
+  });
 }
 
 // Float keys: the SIMD kernel performs the reference kernel's operations exactly.

@@ -96,6 +96,30 @@ TEST_P(Stories, GreedyMatchesReferenceForEveryPrompt) {
 INSTANTIATE_TEST_SUITE_P(CacheTypes, Stories, ::testing::Values(DType::F32, DType::F16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
+// The logits of every position of `prompt` (one sequence), fed in chunks of `chunk` tokens
+// decoded in micro-batches of `ubatch` on `threads` threads, with a `type` K/V cache.
+std::vector<float> all_logits(const Model& m, const std::vector<int32_t>& prompt, int32_t ubatch, int32_t chunk, int threads,
+                              DType type = DType::F16) {
+  const int32_t n = static_cast<int32_t>(prompt.size()), nv = static_cast<int32_t>(m.hparams().n_vocab);
+  ContextParams cp;
+  cp.n_ctx = 256;
+  cp.n_ubatch = ubatch;
+  cp.n_batch = std::max(ubatch, chunk);
+  cp.n_threads = threads;
+  cp.type_k = type;
+  cp.type_v = type;
+  auto ctx = Context::create(m, cp);
+  EXPECT_TRUE(ctx.is_ok());
+  std::vector<float> out;
+  for (int32_t i0 = 0; i0 < n; i0 += chunk) {
+    Batch b;
+    for (int32_t i = i0; i < std::min(n, i0 + chunk); ++i) b.add(prompt[i], i, 0, true);
+    EXPECT_TRUE((*ctx)->decode(b).is_ok());
+    for (int32_t k = 0; k < (*ctx)->n_outputs(); ++k) out.insert(out.end(), (*ctx)->logits(k), (*ctx)->logits(k) + nv);
+  }
+  return out;
+}
+
 // Prefill in one micro-batch, in micro-batches of 7, and token by token: the logits of every
 // position must be bit-identical (batch invariance of the whole forward pass).
 TEST(StoriesBatchInvariance, LogitsIdenticalAcrossBatchSplits) {
@@ -103,27 +127,10 @@ TEST(StoriesBatchInvariance, LogitsIdenticalAcrossBatchSplits) {
   const std::vector<int32_t> prompt = m->vocab().tokenize("Once upon a time, in a small town, there lived a little girl named Lily.", true);
   const int32_t n = static_cast<int32_t>(prompt.size()), nv = static_cast<int32_t>(m->hparams().n_vocab);
   ASSERT_GT(n, 15);
-  auto all_logits = [&](int32_t ubatch, int32_t chunk, int threads) {
-    ContextParams cp;
-    cp.n_ctx = 256;
-    cp.n_ubatch = ubatch;
-    cp.n_batch = std::max(ubatch, chunk);
-    cp.n_threads = threads;
-    auto ctx = Context::create(*m, cp);
-    EXPECT_TRUE(ctx.is_ok());
-    std::vector<float> out;
-    for (int32_t i0 = 0; i0 < n; i0 += chunk) {
-      Batch b;
-      for (int32_t i = i0; i < std::min(n, i0 + chunk); ++i) b.add(prompt[i], i, 0, true);
-      EXPECT_TRUE((*ctx)->decode(b).is_ok());
-      for (int32_t k = 0; k < (*ctx)->n_outputs(); ++k) out.insert(out.end(), (*ctx)->logits(k), (*ctx)->logits(k) + nv);
-    }
-    return out;
-  };
-  const std::vector<float> ref = all_logits(512, n, 2);
+  const std::vector<float> ref = all_logits(*m, prompt, 512, n, 2);
   ASSERT_EQ(ref.size(), size_t(n) * nv);
   for (auto [ub, chunk, thr] : {std::tuple{7, n, 1}, std::tuple{1, 1, 2}, std::tuple{4, 5, 3}, std::tuple{512, 9, 2}}) {
-    const std::vector<float> got = all_logits(ub, chunk, thr);
+    const std::vector<float> got = all_logits(*m, prompt, ub, chunk, thr);
     ASSERT_EQ(got.size(), ref.size());
     EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0) << "ubatch " << ub << " chunk " << chunk << " threads " << thr;
   }
@@ -142,29 +149,10 @@ TEST(StoriesBatchInvariance, LongPromptAcrossKeyTilesEveryCacheType) {
   const int32_t n = static_cast<int32_t>(prompt.size()), nv = static_cast<int32_t>(m->hparams().n_vocab);
   for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_KV}) {
     SCOPED_TRACE(dtype_name(t));
-    auto all_logits = [&](int32_t ubatch, int32_t chunk, int threads) {
-      ContextParams cp;
-      cp.n_ctx = 256;
-      cp.n_ubatch = ubatch;
-      cp.n_batch = std::max(ubatch, chunk);
-      cp.n_threads = threads;
-      cp.type_k = t;
-      cp.type_v = t;
-      auto ctx = Context::create(*m, cp);
-      EXPECT_TRUE(ctx.is_ok());
-      std::vector<float> out;
-      for (int32_t i0 = 0; i0 < n; i0 += chunk) {
-        Batch b;
-        for (int32_t i = i0; i < std::min(n, i0 + chunk); ++i) b.add(prompt[i], i, 0, true);
-        EXPECT_TRUE((*ctx)->decode(b).is_ok());
-        for (int32_t k = 0; k < (*ctx)->n_outputs(); ++k) out.insert(out.end(), (*ctx)->logits(k), (*ctx)->logits(k) + nv);
-      }
-      return out;
-    };
-    const std::vector<float> ref = all_logits(512, n, 2);
+    const std::vector<float> ref = all_logits(*m, prompt, 512, n, 2, t);
     ASSERT_EQ(ref.size(), size_t(n) * nv);
     for (auto [ub, chunk, thr] : {std::tuple{1, 1, 1}, std::tuple{5, 7, 3}}) {
-      const std::vector<float> got = all_logits(ub, chunk, thr);
+      const std::vector<float> got = all_logits(*m, prompt, ub, chunk, thr, t);
       ASSERT_EQ(got.size(), ref.size());
       EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0) << "ubatch " << ub << " chunk " << chunk << " threads " << thr;
     }
