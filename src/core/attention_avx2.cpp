@@ -14,19 +14,17 @@
 #include <limits>
 
 #include "core/kernels.h"
+#include "core/simd_avx2.h"
 
 namespace kvstash {
 namespace {
 
+using simd::hsum;
+using simd::load1;
+using simd::load8;
+
 constexpr int32_t kT = kAttnKeyTile;
 static_assert(kT == 32, "a tile is four 8-lane vectors of keys");
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 inline float hmax(__m256 v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -51,25 +49,6 @@ inline __m256 exp8(__m256 x) {
   const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), ok);
-}
-
-template <DType W>
-inline __m256 load8(const uint8_t* row, int32_t i) {
-  if constexpr (W == DType::F32) {
-    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i);
-  } else if constexpr (W == DType::F16) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const fp16_t*>(row) + i)));
-  } else {
-    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const bf16_t*>(row) + i)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-  }
-}
-
-template <DType W>
-inline float load1(const uint8_t* row, int32_t i) {
-  if constexpr (W == DType::F32) return reinterpret_cast<const float*>(row)[i];
-  else if constexpr (W == DType::F16) return _cvtsh_ss(reinterpret_cast<const fp16_t*>(row)[i]);
-  else return bf16_to_fp32(reinterpret_cast<const bf16_t*>(row)[i]);
 }
 
 inline void transpose8(__m256 r[8]) {

@@ -13,15 +13,14 @@
 #include <cstring>
 #include <vector>
 
+#include "core/simd_avx2.h"
+
 namespace kvstash {
 namespace {
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using simd::hsum;
+using simd::load1;
+using simd::load8;
 
 inline float h2f(fp16_t h) { return _cvtsh_ss(h); }
 
@@ -194,25 +193,6 @@ void tile_il8(const uint8_t* wg, size_t bstride, const uint8_t* x, size_t xrb, I
 }
 
 // ---- float tiles (F32, F16, BF16 weights; F32 activations) ----
-template <DType W>
-inline __m256 load8(const void* row, int64_t i) {
-  if constexpr (W == DType::F32) {
-    return _mm256_loadu_ps(static_cast<const float*>(row) + i);
-  } else if constexpr (W == DType::F16) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const fp16_t*>(row) + i)));
-  } else {
-    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const bf16_t*>(row) + i)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-  }
-}
-
-template <DType W>
-inline float load1(const void* row, int64_t i) {
-  if constexpr (W == DType::F32) return static_cast<const float*>(row)[i];
-  else if constexpr (W == DType::F16) return h2f(static_cast<const fp16_t*>(row)[i]);
-  else return bf16_to_fp32(static_cast<const bf16_t*>(row)[i]);
-}
-
 // Decode (T = 1) over F16/BF16 rows: R row streams per thread outrun the hardware prefetcher;
 // each row's line kPrefetchBytes ahead is requested once per 64-byte line (docs/performance.md:
 // ~+35 % single-thread F16 decode). Prefetches change no arithmetic.
